@@ -1,0 +1,212 @@
+//! Shared state of a running pooler: the config, user secrets, and the pool registry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+
+use crate::auth::StoredSecret;
+use crate::config::{self, seconds, Config, Loaded, PoolMode};
+use crate::errors::ClientError;
+use crate::pool::{Pool, PoolSettings};
+use crate::server::ServerTarget;
+
+/// Startup parameters every client may send: forwarded or handled by Sluice.
+pub const KNOWN_STARTUP_PARAMETERS: &[&str] = &[
+    "user",
+    "database",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "extra_float_digits",
+    "options",
+    "replication",
+];
+
+pub struct App {
+    pub config: Config,
+    secrets: HashMap<String, StoredSecret>,
+    pools: DashMap<(String, String), Arc<Pool>>,
+    db_limits: DashMap<String, Arc<Semaphore>>,
+    user_limits: DashMap<String, Arc<Semaphore>>,
+    /// Connected clients (max_client_conn).
+    pub clients: AtomicUsize,
+    next_client_id: AtomicU64,
+    ignored_startup_parameters: Vec<String>,
+}
+
+/// How a client's login maps onto a pool.
+pub struct Route {
+    pub pool: Arc<Pool>,
+    pub mode: PoolMode,
+}
+
+impl App {
+    pub fn new(loaded: &Loaded) -> Arc<App> {
+        let config = loaded.config.clone();
+        let secrets = loaded
+            .secrets
+            .iter()
+            .map(|(u, s)| (u.clone(), StoredSecret::new(s)))
+            .collect();
+        let ignored_startup_parameters = config::list(&config.ignore_startup_parameters)
+            .map(str::to_owned)
+            .collect();
+        Arc::new(App {
+            config,
+            secrets,
+            pools: DashMap::new(),
+            db_limits: DashMap::new(),
+            user_limits: DashMap::new(),
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+            ignored_startup_parameters,
+        })
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn secret(&self, user: &str) -> Option<&StoredSecret> {
+        self.secrets.get(user)
+    }
+
+    /// Startup parameters that are neither known nor in ignore_startup_parameters.
+    pub fn unsupported_parameter<'a>(&self, params: &'a [(String, String)]) -> Option<&'a str> {
+        params.iter().map(|(k, _)| k.as_str()).find(|k| {
+            !k.starts_with("_pq_.")
+                && !KNOWN_STARTUP_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k))
+                && !self
+                    .ignored_startup_parameters
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(k))
+        })
+    }
+
+    /// Finds (or creates) the pool for a client's database and user.
+    pub fn route(&self, db: &str, client_user: &str) -> Result<Route, ClientError> {
+        let c = &self.config;
+        let entry = c.databases.get(db).or_else(|| c.databases.get("*")).ok_or_else(|| {
+            ClientError::fatal(
+                sluice_wire::sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{db}\" does not exist"),
+            )
+            .hint("the pooler has no [databases] entry for it and no '*' fallback")
+        })?;
+        let server_user = entry.user.clone().unwrap_or_else(|| client_user.to_owned());
+        let user_cfg = c.users.get(client_user);
+        let mode = user_cfg
+            .and_then(|u| u.pool_mode)
+            .or(entry.pool_mode)
+            .unwrap_or(c.pool_mode);
+        let key = (db.to_owned(), server_user.clone());
+        if let Some(p) = self.pools.get(&key) {
+            return Ok(Route {
+                pool: Arc::clone(&p),
+                mode,
+            });
+        }
+
+        let password = entry.password.clone().or_else(|| {
+            self.secret(&server_user)
+                .and_then(|s| s.for_server_login())
+                .map(str::to_owned)
+        });
+        let mut params = Vec::new();
+        for (name, value) in [
+            ("application_name", &entry.application_name),
+            ("client_encoding", &entry.client_encoding),
+            ("DateStyle", &entry.datestyle),
+            ("TimeZone", &entry.timezone),
+        ] {
+            if let Some(v) = value {
+                params.push((name.to_owned(), v.clone()));
+            }
+        }
+        let target = ServerTarget {
+            host: entry.host.clone().unwrap_or_else(|| c.unix_socket_dir.clone()),
+            port: entry.port.unwrap_or(5432),
+            dbname: entry.dbname.clone().unwrap_or_else(|| db.to_owned()),
+            user: server_user.clone(),
+            password,
+            params,
+            tcp_keepalive: c.tcp_keepalive,
+        };
+        let size = entry
+            .pool_size
+            .or(user_cfg.and_then(|u| u.pool_size))
+            .unwrap_or(c.default_pool_size) as usize;
+        let settings = PoolSettings {
+            mode,
+            size,
+            min_size: entry.min_pool_size.unwrap_or(c.min_pool_size) as usize,
+            reserve_size: entry
+                .reserve_pool_size
+                .or(entry.reserve_pool)
+                .or(user_cfg.and_then(|u| u.reserve_pool_size))
+                .unwrap_or(c.reserve_pool_size) as usize,
+            reserve_timeout: Duration::from_secs_f64(c.reserve_pool_timeout),
+            query_wait_timeout: seconds(c.query_wait_timeout),
+            connect_timeout: seconds(c.server_connect_timeout),
+            lifetime: seconds(entry.server_lifetime.unwrap_or(c.server_lifetime)),
+            idle_timeout: seconds(c.server_idle_timeout),
+            max_packet: c.max_packet_size,
+        };
+        let mut limits = Vec::new();
+        let db_limit = entry.max_db_connections.unwrap_or(c.max_db_connections);
+        if db_limit > 0 {
+            limits.push(Arc::clone(
+                &self
+                    .db_limits
+                    .entry(db.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(db_limit as usize))),
+            ));
+        }
+        let user_limit = user_cfg
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(c.max_user_connections);
+        if user_limit > 0 {
+            limits.push(Arc::clone(
+                &self
+                    .user_limits
+                    .entry(server_user.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(user_limit as usize))),
+            ));
+        }
+        let pool = self
+            .pools
+            .entry(key)
+            .or_insert_with(|| Pool::new(db.to_owned(), server_user, target, settings, limits))
+            .clone();
+        Ok(Route { pool, mode })
+    }
+
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.iter().map(|p| Arc::clone(p.value())).collect()
+    }
+
+    /// Periodic housekeeping: close expired idle servers, keep min_pool_size, and free
+    /// room under shared db/user limits for pools whose clients wait.
+    pub fn housekeeping(&self) {
+        let pools = self.pools();
+        for p in &pools {
+            p.close_expired();
+            p.fill_min();
+        }
+        for starving in pools.iter().filter(|p| p.counts().waiting > 0 && !p.limits_free()) {
+            if let Some(victim) = pools
+                .iter()
+                .filter(|p| !Arc::ptr_eq(p, starving) && p.counts().waiting == 0 && p.shares_limit_with(starving))
+                .find(|p| p.counts().idle > 0)
+            {
+                victim.evict_one_idle();
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! A client connection from accept to close: startup, authentication, routing to a
+//! pool, then the session loop ([`session`]).
+
+mod session;
+mod startup;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use sluice_wire::backend::{self, TxStatus};
+use sluice_wire::frame::Scanner;
+use sluice_wire::sqlstate;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::app::{App, Route};
+use crate::auth::{self, Handshake};
+use crate::config::{seconds, AuthType};
+use crate::errors::ClientError;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
+
+/// Bytes and halves of one client connection.
+pub struct ClientConn {
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
+    /// Bytes read from the client and not yet forwarded.
+    pub buf: BytesMut,
+    pub scan: Scanner,
+}
+
+/// Counts the client against max_client_conn while it is connected.
+struct ClientSlot<'a>(&'a App);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
+    let id = app.next_client_id();
+    let span = info_span!("client", id, peer = %peer);
+    async move {
+        let connected = app.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        let _slot = ClientSlot(&app);
+        let (rd, wr) = stream.into_split();
+        let mut client = ClientConn {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(4096),
+            scan: Scanner::new(app.config.max_packet_size, 64 * 1024),
+        };
+        let login = login(&app, &mut client, connected);
+        let login = match seconds(app.config.client_login_timeout) {
+            Some(t) => tokio::time::timeout(t, login).await.unwrap_or_else(|_| {
+                Err(ClientError::protocol(
+                    "client_login_timeout (server down or auth failure)",
+                ))
+            }),
+            None => login.await,
+        };
+        let route = match login {
+            Ok(Some(route)) => route,
+            Ok(None) => return,
+            Err(e) => {
+                if app.config.log_pooler_errors {
+                    info!(code = %e.code, "login failed: {}", e.message);
+                }
+                send_error(&mut client, &e).await;
+                return;
+            }
+        };
+        let reason = session::run(&mut client, &route).await;
+        if app.config.log_disconnections {
+            info!(db = %route.pool.db, user = %route.pool.user, "closing because: {reason}");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Startup and authentication. Returns None for a CancelRequest (handled here).
+async fn login(app: &App, client: &mut ClientConn, connected: usize) -> Result<Option<Route>, ClientError> {
+    let msg = match startup::read(client).await? {
+        startup::Startup::Login(msg) => msg,
+        // Cancellation arrives with the lifecycle work; until then it is dropped, as
+        // PostgreSQL drops a cancel with an unknown key.
+        startup::Startup::Cancel { pid, key } => {
+            debug!(pid, key, "cancel request dropped (not implemented yet)");
+            return Ok(None);
+        }
+    };
+    if connected > app.config.max_client_conn as usize {
+        return Err(ClientError::protocol("no more connections allowed (max_client_conn)"));
+    }
+    let user = msg.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        ClientError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    let db = msg.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    if let Some(p) = app.unsupported_parameter(&msg.params) {
+        return Err(ClientError::protocol(format!("unsupported startup parameter: {p}"))
+            .hint("add it to ignore_startup_parameters in the pooler config"));
+    }
+    if app.config.log_connections {
+        info!(db, user, "login attempt");
+    }
+
+    let secret = app.secret(user);
+    if app.config.auth_type == AuthType::Trust && secret.is_none() {
+        // PgBouncer's trust still requires the user to be listed in auth_file.
+        return Err(ClientError::password_failed(user));
+    }
+    let mut hs = Handshake {
+        rd: &mut client.rd,
+        wr: &mut client.wr,
+        buf: &mut client.buf,
+    };
+    auth::authenticate(&mut hs, app.config.auth_type, user, secret).await?;
+
+    let route = app.route(db, user)?;
+    let welcome = match route.pool.welcome() {
+        Some(w) => w,
+        None => {
+            // No server has logged in yet: do it now, to show the client real values.
+            let server = route.pool.acquire().await.map_err(|e| ClientError::from(&e))?;
+            route.pool.release(server, true);
+            route
+                .pool
+                .welcome()
+                .ok_or_else(|| ClientError::fatal(sqlstate::INTERNAL_ERROR, "server parameters are unknown"))?
+        }
+    };
+    route.pool.fill_min();
+
+    let mut out = BytesMut::with_capacity(512);
+    backend::auth_ok(&mut out);
+    for (name, value) in welcome.iter() {
+        backend::parameter_status(&mut out, name, value);
+    }
+    // Sluice's own key: a client never learns a server's cancel key.
+    backend::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
+    backend::ready_for_query(&mut out, TxStatus::Idle);
+    client
+        .wr
+        .write_all(&out)
+        .await
+        .map_err(|e| ClientError::protocol(format!("client write failed: {e}")))?;
+    Ok(Some(route))
+}
+
+/// Best effort: the client may already be gone.
+async fn send_error(client: &mut ClientConn, e: &ClientError) {
+    let mut out = BytesMut::new();
+    e.write(&mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.wr.write_all(&out)).await;
+    let _ = client.wr.shutdown().await;
+}

@@ -1,0 +1,417 @@
+//! The session loop: a logged-in client alternates between idle (no server) and
+//! linked (bytes flow both ways through one server connection).
+//!
+//! While linked, one task moves bytes in both directions without ever blocking one
+//! direction on the other (pipelines and COPY cannot deadlock), reading by message
+//! header only. The few messages that decide when the server can go back to the
+//! pool are tracked by [`TxTracker`]: every Query, Sync and FunctionCall the client
+//! sends is answered by exactly one ReadyForQuery, so in transaction mode the server
+//! is released at a ReadyForQuery 'I' that answers the last of them, with no
+//! extended-protocol batch open.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use sluice_wire::backend::{self, TxStatus, READY_FOR_QUERY};
+use sluice_wire::frontend::{self, TERMINATE};
+use sluice_wire::{FrameError, Header, OnHeader, ScanHandler, Visit};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+use tracing::debug;
+
+use super::{send_error, ClientConn};
+use crate::app::Route;
+use crate::config::PoolMode;
+use crate::errors::ClientError;
+use crate::pool::AcquireError;
+use crate::server::ServerConn;
+
+/// Room made before each read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Unforwarded bytes per direction before reading pauses (backpressure).
+const MAX_BUFFERED: usize = 256 * 1024;
+
+/// The client's position in the protocol, as far as releasing its server goes.
+#[derive(Debug)]
+struct TxTracker {
+    /// Query/Sync/FunctionCall sent whose ReadyForQuery has not come back yet.
+    pending_rfq: u32,
+    /// An extended-protocol message was sent after the last Sync.
+    in_batch: bool,
+    /// The server's transaction status at its last ReadyForQuery.
+    status: TxStatus,
+    /// The client sent Terminate (it stays unforwarded in the buffer).
+    terminate: bool,
+}
+
+impl TxTracker {
+    fn idle(&self) -> bool {
+        self.pending_rfq == 0 && !self.in_batch && self.status == TxStatus::Idle
+    }
+}
+
+/// Scans client bytes: counts what expects a ReadyForQuery, rejects what is not a
+/// frontend message, and stops at Terminate.
+struct ClientSide<'a>(&'a mut TxTracker);
+
+#[derive(Debug)]
+enum ScanError {
+    Frame(FrameError),
+    Client(ClientError),
+}
+
+impl From<FrameError> for ScanError {
+    fn from(e: FrameError) -> Self {
+        ScanError::Frame(e)
+    }
+}
+
+impl ScanHandler for ClientSide<'_> {
+    type Error = ScanError;
+
+    #[inline]
+    fn header(&mut self, h: Header) -> Result<OnHeader, ScanError> {
+        let tx = &mut *self.0;
+        match h.tag {
+            TERMINATE => {
+                tx.terminate = true;
+                return Ok(OnHeader::StopBefore);
+            }
+            t if frontend::expects_ready_for_query(t) => {
+                tx.pending_rfq += 1;
+                if t == frontend::SYNC {
+                    tx.in_batch = false;
+                }
+            }
+            t if frontend::opens_extended_batch(t) => tx.in_batch = true,
+            t if frontend::is_known_tag(t) && t != frontend::PASSWORD => {}
+            t => {
+                return Err(ScanError::Client(ClientError::protocol(format!(
+                    "invalid frontend message type {t}"
+                ))))
+            }
+        }
+        Ok(OnHeader::Pass)
+    }
+}
+
+/// Scans server bytes: decodes ReadyForQuery, passes everything else through.
+struct ServerSide<'a> {
+    tx: &'a mut TxTracker,
+    mode: PoolMode,
+    client_at_boundary: bool,
+    release: &'a mut bool,
+}
+
+impl ScanHandler for ServerSide<'_> {
+    type Error = FrameError;
+
+    #[inline]
+    fn header(&mut self, h: Header) -> Result<OnHeader, FrameError> {
+        Ok(if h.tag == READY_FOR_QUERY {
+            OnHeader::Decode
+        } else {
+            OnHeader::Pass
+        })
+    }
+
+    #[inline]
+    fn message(&mut self, h: Header, body: &[u8]) -> Result<Visit, FrameError> {
+        if h.tag == READY_FOR_QUERY {
+            let status =
+                backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
+            self.tx.status = status;
+            self.tx.pending_rfq = self.tx.pending_rfq.saturating_sub(1);
+            if self.mode != PoolMode::Session && self.tx.idle() && self.client_at_boundary {
+                *self.release = true;
+            }
+        }
+        Ok(Visit::Continue)
+    }
+}
+
+/// Why a linked phase ended.
+#[derive(Debug)]
+enum LinkEnd {
+    /// Transaction done: the server goes back to the pool.
+    Release,
+    /// The client sent Terminate.
+    Terminate,
+    /// The client's socket closed or failed.
+    ClientGone,
+    /// The server's socket closed or failed.
+    ServerGone,
+    /// The client sent something that is not the protocol.
+    ClientError(ClientError),
+    /// The server sent something that is not the protocol.
+    ServerError(FrameError),
+}
+
+fn scan_client(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(), ClientError> {
+    match client.scan.scan(&client.buf, &mut ClientSide(tx)) {
+        Ok(_) => Ok(()),
+        Err(ScanError::Client(e)) => Err(e),
+        Err(ScanError::Frame(e)) => Err(ClientError::protocol(e.to_string())),
+    }
+}
+
+/// Bytes moving both ways between one client and one server.
+struct Link<'a> {
+    client: &'a mut ClientConn,
+    server: &'a mut ServerConn,
+    tx: &'a mut TxTracker,
+    mode: PoolMode,
+    release: bool,
+}
+
+impl Link<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<LinkEnd> {
+        loop {
+            let mut progress = false;
+
+            // Server -> client, whatever has been scanned.
+            let n = self.server.scan.forwardable();
+            if n > 0 {
+                match Pin::new(&mut self.client.wr).poll_write(cx, &self.server.buf[..n]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ClientGone),
+                    Poll::Ready(Ok(w)) => {
+                        self.server.buf.advance(w);
+                        self.server.scan.consumed(w);
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            } else if self.release && self.server.buf.is_empty() && self.server.scan.at_boundary() {
+                return Poll::Ready(LinkEnd::Release);
+            }
+
+            // Client -> server.
+            let n = self.client.scan.forwardable();
+            if n > 0 {
+                match Pin::new(&mut self.server.wr).poll_write(cx, &self.client.buf[..n]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ServerGone),
+                    Poll::Ready(Ok(w)) => {
+                        self.client.buf.advance(w);
+                        self.client.scan.consumed(w);
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            } else if self.tx.terminate {
+                return Poll::Ready(LinkEnd::Terminate);
+            }
+
+            // Read the server (also after a release point: a message may be unfinished).
+            if self.server.buf.len() < MAX_BUFFERED {
+                self.server.buf.reserve(READ_CHUNK);
+                match poll_read_buf(Pin::new(&mut self.server.rd), cx, &mut self.server.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ServerGone),
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        let mut side = ServerSide {
+                            tx: self.tx,
+                            mode: self.mode,
+                            client_at_boundary: self.client.scan.at_boundary(),
+                            release: &mut self.release,
+                        };
+                        if let Err(e) = self.server.scan.scan(&self.server.buf, &mut side) {
+                            return Poll::Ready(LinkEnd::ServerError(e));
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // Read the client, unless this transaction is over: what it sends next
+            // belongs to the next one.
+            if !self.release && !self.tx.terminate && self.client.buf.len() < MAX_BUFFERED {
+                self.client.buf.reserve(READ_CHUNK);
+                match poll_read_buf(Pin::new(&mut self.client.rd), cx, &mut self.client.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ClientGone),
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        if let Err(e) = scan_client(self.client, self.tx) {
+                            return Poll::Ready(LinkEnd::ClientError(e));
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Why the client is leaving, in PgBouncer's words where it has them.
+pub type Reason = &'static str;
+
+/// Runs a logged-in client until it leaves. Returns the reason, for the log.
+pub async fn run(client: &mut ClientConn, route: &Route) -> Reason {
+    let mut tx = TxTracker {
+        pending_rfq: 0,
+        in_batch: false,
+        status: TxStatus::Idle,
+        terminate: false,
+    };
+    loop {
+        // Idle: wait until the client sends something a server must see.
+        loop {
+            if let Err(e) = scan_client(client, &mut tx) {
+                send_error(client, &e).await;
+                return "client protocol error";
+            }
+            if client.scan.forwardable() > 0 {
+                break;
+            }
+            if tx.terminate {
+                return "client close request";
+            }
+            client.buf.reserve(READ_CHUNK);
+            match client.rd.read_buf(&mut client.buf).await {
+                Ok(0) | Err(_) => return "client unexpected eof",
+                Ok(_) => {}
+            }
+        }
+
+        let mut server = match acquire_watching(client, &mut tx, route).await {
+            Ok(s) => s,
+            Err(Waited::ClientGone) => return "client unexpected eof",
+            Err(Waited::ClientError(e)) => {
+                send_error(client, &e).await;
+                return "client protocol error";
+            }
+            Err(Waited::Pool(e)) => {
+                let reason = match e {
+                    AcquireError::WaitTimeout => "query_wait_timeout",
+                    AcquireError::Connect(_) => "server login failed",
+                };
+                send_error(client, &ClientError::from(&e)).await;
+                return reason;
+            }
+        };
+        debug!(server = server.id, "linked");
+
+        let end = {
+            let mut link = Link {
+                client: &mut *client,
+                server: &mut server,
+                tx: &mut tx,
+                mode: route.mode,
+                release: false,
+            };
+            poll_fn(|cx| link.poll(cx)).await
+        };
+        match end {
+            LinkEnd::Release => route.pool.release(server, true),
+            LinkEnd::Terminate | LinkEnd::ClientGone => {
+                let clean =
+                    tx.idle() && client.scan.at_boundary() && server.buf.is_empty() && server.scan.at_boundary();
+                finish_server(route, server, clean).await;
+                return if matches!(end, LinkEnd::Terminate) {
+                    "client close request"
+                } else {
+                    "client unexpected eof"
+                };
+            }
+            LinkEnd::ServerGone | LinkEnd::ServerError(_) => {
+                if let LinkEnd::ServerError(e) = &end {
+                    tracing::warn!(server = server.id, error = %e, "server sent a malformed message");
+                }
+                // Deliver what the server did say (often its own FATAL) first.
+                let n = server.scan.forwardable();
+                let _ = client.wr.write_all(&server.buf[..n]).await;
+                route.pool.release(server, false);
+                let e = ClientError::fatal(sluice_wire::sqlstate::CONNECTION_FAILURE, "server closed the connection unexpectedly")
+                    .hint("the server connection failed in the middle of a transaction; it may have been terminated or restarted. Retry the transaction.");
+                send_error(client, &e).await;
+                return "server conn crashed?";
+            }
+            LinkEnd::ClientError(e) => {
+                route.pool.release(server, false);
+                send_error(client, &e).await;
+                return "client protocol error";
+            }
+        }
+    }
+}
+
+/// A client left while linked. In session mode the server is reset before reuse
+/// (`DISCARD ALL`); a server in the middle of anything is closed, which makes
+/// PostgreSQL roll back and free its locks at once.
+async fn finish_server(route: &Route, mut server: ServerConn, clean: bool) {
+    if !clean {
+        route.pool.release(server, false);
+        return;
+    }
+    if route.mode == PoolMode::Session {
+        let ok = server.simple_query("DISCARD ALL").await.is_ok();
+        route.pool.release(server, ok);
+    } else {
+        route.pool.release(server, true);
+    }
+}
+
+enum Waited {
+    ClientGone,
+    ClientError(ClientError),
+    Pool(AcquireError),
+}
+
+/// Waits for a server while watching the client: a client that disconnects leaves the
+/// queue at once (dropping the acquire future is cancel-safe).
+async fn acquire_watching(client: &mut ClientConn, tx: &mut TxTracker, route: &Route) -> Result<ServerConn, Waited> {
+    let acquire = route.pool.acquire();
+    tokio::pin!(acquire);
+    loop {
+        let room = client.buf.len() < MAX_BUFFERED;
+        if room {
+            client.buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            got = &mut acquire => return got.map_err(Waited::Pool),
+            read = client.rd.read_buf(&mut client.buf), if room => match read {
+                Ok(0) | Err(_) => return Err(Waited::ClientGone),
+                Ok(_) => scan_client(client, tx).map_err(Waited::ClientError)?,
+            },
+        }
+    }
+}
+
+impl ServerConn {
+    /// Runs one simple query and discards its result; used for resets. Fails if the
+    /// server reports an error or does not end idle.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ()> {
+        let mut out = BytesMut::new();
+        frontend::build::query(sql, &mut out).map_err(|_| ())?;
+        self.wr.write_all(&out).await.map_err(|_| ())?;
+        let mut failed = false;
+        loop {
+            while let Some(h) = Header::peek(&self.buf) {
+                if self.buf.len() < h.total_len() {
+                    break;
+                }
+                let msg = self.buf.split_to(h.total_len());
+                match h.tag {
+                    backend::ERROR_RESPONSE => failed = true,
+                    READY_FOR_QUERY => {
+                        let idle = backend::parse_ready_for_query(&msg[5..]) == Some(TxStatus::Idle);
+                        return if idle && !failed { Ok(()) } else { Err(()) };
+                    }
+                    _ => {}
+                }
+            }
+            if self.buf.len() > MAX_BUFFERED {
+                return Err(());
+            }
+            if self.rd.read_buf(&mut self.buf).await.map_err(|_| ())? == 0 {
+                return Err(());
+            }
+        }
+    }
+}

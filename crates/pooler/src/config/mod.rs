@@ -1,0 +1,459 @@
+//! Configuration: PgBouncer's setting names, defaults and semantics.
+//!
+//! Two file formats reach the same [`Config`]: Sluice's TOML ([`toml_file`]) and
+//! PgBouncer's ini ([`ini`], with `%include` and a userlist.txt `auth_file`). Both are
+//! first read into [`RawConfig`] (values plus where they came from), checked against
+//! the known keys, then typed by figment, with `SLUICE_*` environment variables on top.
+
+pub mod connstr;
+pub mod ini;
+pub mod keys;
+pub mod toml_file;
+pub mod userlist;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::Serialized;
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// PgBouncer's default: a server is linked for the client's whole session.
+    #[default]
+    Session,
+    /// A server is linked for one transaction and released at ReadyForQuery 'I'.
+    Transaction,
+    /// Accepted for compatibility; behaves as transaction mode with autocommit checks off.
+    Statement,
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AuthType {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[default]
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "plain")]
+    Plain,
+    #[serde(rename = "trust")]
+    Trust,
+    /// PgBouncer's `any`: any user name, no password.
+    #[serde(rename = "any")]
+    Any,
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Md5 => "md5",
+            AuthType::Plain => "plain",
+            AuthType::Trust => "trust",
+            AuthType::Any => "any",
+        })
+    }
+}
+
+/// One `[databases]` entry: where a client-visible database really lives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Host name, IP address, or a directory holding PostgreSQL's Unix socket.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Real database name (default: the entry's name).
+    pub dbname: Option<String>,
+    /// Forced server user: every client of this database uses it.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub pool_size: Option<u32>,
+    pub min_pool_size: Option<u32>,
+    /// PgBouncer's older name for `reserve_pool_size`.
+    pub reserve_pool: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    pub pool_mode: Option<PoolMode>,
+    pub max_db_connections: Option<u32>,
+    pub connect_query: Option<String>,
+    pub application_name: Option<String>,
+    pub client_encoding: Option<String>,
+    pub datestyle: Option<String>,
+    pub timezone: Option<String>,
+    pub server_lifetime: Option<f64>,
+}
+
+/// One `[users]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UserConfig {
+    /// Client password (plaintext, md5 or SCRAM secret). Sluice's addition for TOML;
+    /// `auth_file` entries take precedence.
+    pub password: Option<String>,
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    pub max_user_connections: Option<u32>,
+}
+
+/// The effective configuration. Field names are PgBouncer's; times are in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub listen_addr: String,
+    pub listen_port: u16,
+    pub unix_socket_dir: String,
+    pub unix_socket_mode: String,
+    pub user: Option<String>,
+    pub logfile: Option<String>,
+    pub pidfile: Option<String>,
+    pub pool_mode: PoolMode,
+    pub max_client_conn: u32,
+    pub default_pool_size: u32,
+    pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: f64,
+    pub max_db_connections: u32,
+    pub max_user_connections: u32,
+    pub ignore_startup_parameters: String,
+    pub auth_type: AuthType,
+    pub auth_file: Option<String>,
+    pub admin_users: String,
+    pub stats_users: String,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    pub log_pooler_errors: bool,
+    pub verbose: u8,
+    pub server_lifetime: f64,
+    pub server_idle_timeout: f64,
+    pub server_connect_timeout: f64,
+    pub server_login_retry: f64,
+    pub client_login_timeout: f64,
+    pub query_wait_timeout: f64,
+    pub max_packet_size: u32,
+    pub pkt_buf: u32,
+    pub listen_backlog: u32,
+    pub tcp_keepalive: bool,
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    pub users: BTreeMap<String, UserConfig>,
+}
+
+impl Default for Config {
+    /// PgBouncer's defaults.
+    fn default() -> Self {
+        Config {
+            listen_addr: String::new(),
+            listen_port: 6432,
+            unix_socket_dir: "/tmp".into(),
+            unix_socket_mode: "0777".into(),
+            user: None,
+            logfile: None,
+            pidfile: None,
+            pool_mode: PoolMode::Session,
+            max_client_conn: 100,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: 5.0,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            ignore_startup_parameters: String::new(),
+            auth_type: AuthType::Md5,
+            auth_file: None,
+            admin_users: String::new(),
+            stats_users: String::new(),
+            log_connections: true,
+            log_disconnections: true,
+            log_pooler_errors: true,
+            verbose: 0,
+            server_lifetime: 3600.0,
+            server_idle_timeout: 600.0,
+            server_connect_timeout: 15.0,
+            server_login_retry: 15.0,
+            client_login_timeout: 60.0,
+            query_wait_timeout: 120.0,
+            max_packet_size: 2_147_483_647,
+            pkt_buf: 4096,
+            listen_backlog: 128,
+            tcp_keepalive: true,
+            databases: BTreeMap::new(),
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+/// Converts a PgBouncer time setting (seconds; 0 = off) into a duration.
+pub fn seconds(s: f64) -> Option<Duration> {
+    (s > 0.0 && s.is_finite()).then(|| Duration::from_secs_f64(s))
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: {message}")]
+    At { origin: Origin, message: String },
+    #[error("{file}: {message}")]
+    File { file: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConfigError {
+    pub fn at(origin: &Origin, message: impl Into<String>) -> Self {
+        ConfigError::At {
+            origin: origin.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A config file read but not yet typed: each value with where it came from.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub settings: Vec<(String, toml::Value, Origin)>,
+    pub databases: Vec<RawSection>,
+    pub users: Vec<RawSection>,
+    /// Users and secrets read from an ini's `auth_file` happen later; TOML may carry them.
+    pub files: Vec<PathBuf>,
+}
+
+/// One `[databases]` or `[users]` entry.
+#[derive(Debug)]
+pub struct RawSection {
+    pub name: String,
+    pub origin: Origin,
+    pub entries: Vec<(String, toml::Value, Origin)>,
+}
+
+impl RawConfig {
+    /// Rejects unknown keys, naming the file and line.
+    fn check_keys(&self) -> Result<(), ConfigError> {
+        for (key, _, origin) in &self.settings {
+            if !keys::SETTINGS.contains(&key.as_str()) {
+                return Err(ConfigError::at(origin, format!("unknown setting '{key}'")));
+            }
+        }
+        for (sections, known, what) in [
+            (&self.databases, keys::DATABASE, "database"),
+            (&self.users, keys::USER, "user"),
+        ] {
+            for s in sections {
+                for (key, _, origin) in &s.entries {
+                    if !known.contains(&key.as_str()) {
+                        return Err(ConfigError::at(
+                            origin,
+                            format!("unknown {what} parameter '{key}' in entry '{}'", s.name),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn origin_of(&self, key_path: &[String]) -> Option<&Origin> {
+        match key_path {
+            [k] => self.settings.iter().find(|(n, ..)| n == k).map(|(.., o)| o),
+            [section, name, rest @ ..] => {
+                let list = match section.as_str() {
+                    "databases" => &self.databases,
+                    "users" => &self.users,
+                    _ => return None,
+                };
+                let s = list.iter().find(|s| &s.name == name)?;
+                match rest {
+                    [k, ..] => s.entries.iter().find(|(n, ..)| n == k).map(|(.., o)| o),
+                    [] => Some(&s.origin),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn to_table(&self) -> toml::Table {
+        let mut top = toml::Table::new();
+        for (k, v, _) in &self.settings {
+            top.insert(k.clone(), v.clone());
+        }
+        for (key, sections) in [("databases", &self.databases), ("users", &self.users)] {
+            let mut t = toml::Table::new();
+            for s in sections {
+                let mut entry = toml::Table::new();
+                for (k, v, _) in &s.entries {
+                    entry.insert(k.clone(), v.clone());
+                }
+                t.insert(s.name.clone(), toml::Value::Table(entry));
+            }
+            top.insert(key.into(), toml::Value::Table(t));
+        }
+        top
+    }
+}
+
+/// A loaded configuration with everything needed to run it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    /// Client secrets from `auth_file` (and TOML `[users]` passwords).
+    pub secrets: BTreeMap<String, String>,
+    /// Settings present in the file that Sluice does not act on yet.
+    pub ignored: Vec<(String, Origin)>,
+}
+
+/// Where a config comes from: the file, and the environment that overrides it.
+pub struct Source<'a> {
+    pub path: &'a Path,
+    /// Environment variables (name, value); `SLUICE_*` override file settings.
+    pub env: Vec<(String, String)>,
+}
+
+/// Loads a TOML or ini file (by extension: `.ini` is PgBouncer's format).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_from(Source {
+        path,
+        env: std::env::vars().collect(),
+    })
+}
+
+pub fn load_from(source: Source<'_>) -> Result<Loaded, ConfigError> {
+    let path = source.path;
+    let is_ini = path.extension().map(|e| e.eq_ignore_ascii_case("ini")).unwrap_or(false);
+    let raw = if is_ini {
+        ini::read(path)?
+    } else {
+        toml_file::read(path)?
+    };
+    raw.check_keys()?;
+
+    // Environment overrides: SLUICE_DEFAULT_POOL_SIZE=30, SLUICE_DATABASES__APP__HOST=db.
+    let mut figment =
+        Figment::from(Serialized::defaults(Config::default())).merge(Serialized::defaults(raw.to_table()));
+    for (k, v) in &source.env {
+        let Some(name) = k.strip_prefix("SLUICE_") else {
+            continue;
+        };
+        if name == "LOG" {
+            continue; // the log filter, not a setting
+        }
+        let key = name.to_ascii_lowercase().replace("__", ".");
+        figment = figment.merge(Serialized::global(&key, v.as_str()));
+    }
+    let config: Config = figment.extract_lossy().map_err(|e| {
+        let origin = raw.origin_of(&e.path);
+        let message = e.to_string();
+        match origin {
+            Some(o) => ConfigError::at(o, message),
+            None => ConfigError::File {
+                file: path.to_path_buf(),
+                message,
+            },
+        }
+    })?;
+    validate(&config, path)?;
+
+    let ignored = raw
+        .settings
+        .iter()
+        .filter(|(k, ..)| !keys::IMPLEMENTED.contains(&k.as_str()))
+        .map(|(k, _, o)| (k.clone(), o.clone()))
+        .collect();
+
+    let mut secrets = BTreeMap::new();
+    for (name, user) in &config.users {
+        if let Some(p) = &user.password {
+            secrets.insert(name.clone(), p.clone());
+        }
+    }
+    if let Some(auth_file) = &config.auth_file {
+        let auth_path = resolve(path, auth_file);
+        for (user, secret) in userlist::read(&auth_path)? {
+            secrets.insert(user, secret);
+        }
+    }
+    Ok(Loaded {
+        config,
+        path: path.to_path_buf(),
+        secrets,
+        ignored,
+    })
+}
+
+/// Resolves a path named in a config file. PgBouncer takes relative paths from the
+/// working directory; Sluice does too, but falls back to the config file's folder.
+pub fn resolve(config_path: &Path, name: &str) -> PathBuf {
+    let p = PathBuf::from(name);
+    if p.is_absolute() || p.exists() {
+        return p;
+    }
+    config_path.parent().map(|dir| dir.join(&p)).unwrap_or(p)
+}
+
+fn validate(c: &Config, path: &Path) -> Result<(), ConfigError> {
+    let err = |m: String| ConfigError::File {
+        file: path.to_path_buf(),
+        message: m,
+    };
+    if c.listen_addr.is_empty() && c.unix_socket_dir.is_empty() {
+        return Err(err(
+            "neither listen_addr nor unix_socket_dir is set: Sluice would accept no connections".into(),
+        ));
+    }
+    if u32::from_str_radix(c.unix_socket_mode.trim_start_matches("0o"), 8).is_err() {
+        return Err(err(format!(
+            "unix_socket_mode '{}' is not an octal file mode",
+            c.unix_socket_mode
+        )));
+    }
+    for (t, v) in [
+        ("reserve_pool_timeout", c.reserve_pool_timeout),
+        ("query_wait_timeout", c.query_wait_timeout),
+        ("server_connect_timeout", c.server_connect_timeout),
+        ("client_login_timeout", c.client_login_timeout),
+        ("server_lifetime", c.server_lifetime),
+        ("server_idle_timeout", c.server_idle_timeout),
+        ("server_login_retry", c.server_login_retry),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(err(format!("{t} must be a number of seconds >= 0, got {v}")));
+        }
+    }
+    if c.max_packet_size < 1024 {
+        return Err(err("max_packet_size must be at least 1024".into()));
+    }
+    Ok(())
+}
+
+/// Splits a PgBouncer comma-separated list (`admin_users = a, b`).
+pub fn list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! Errors Sluice reports to clients as PostgreSQL ErrorResponses.
+
+use bytes::BytesMut;
+use sluice_wire::backend::{self, ErrorFields, ParsedError, Severity};
+use sluice_wire::sqlstate;
+
+use crate::pool::AcquireError;
+use crate::server::ConnectError;
+
+/// An error for a client: severity, SQLSTATE, message and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ClientError {
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity: Severity::Fatal,
+            code: code.to_owned(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn write(&self, buf: &mut BytesMut) {
+        backend::error_response(
+            buf,
+            &ErrorFields {
+                severity: self.severity,
+                code: &self.code,
+                message: &self.message,
+                detail: self.detail.as_deref(),
+                hint: self.hint.as_deref(),
+            },
+        );
+    }
+
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::fatal(sqlstate::PROTOCOL_VIOLATION, message)
+    }
+
+    pub fn password_failed(user: &str) -> Self {
+        Self::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        )
+    }
+
+    /// A PostgreSQL error forwarded as PostgreSQL sent it (always FATAL: the client
+    /// cannot go on without a server).
+    pub fn from_server(e: &ParsedError) -> Self {
+        ClientError {
+            severity: Severity::Fatal,
+            code: e.code.clone(),
+            message: e.message.clone(),
+            detail: e.detail.clone(),
+            hint: e.hint.clone(),
+        }
+    }
+}
+
+impl From<&ConnectError> for ClientError {
+    fn from(e: &ConnectError) -> Self {
+        match e {
+            ConnectError::Rejected(pg) => ClientError::from_server(pg),
+            ConnectError::Timeout(_) | ConnectError::Io { .. } => ClientError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pooler cannot connect to server: {e}"),
+            )
+            .hint("check that PostgreSQL is running and that [databases] host/port in the pooler config point at it"),
+            ConnectError::Protocol(m) => ClientError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pooler cannot log in to server: {m}"),
+            ),
+        }
+    }
+}
+
+impl From<&AcquireError> for ClientError {
+    fn from(e: &AcquireError) -> Self {
+        match e {
+            // PgBouncer's exact text and code: applications match on them.
+            AcquireError::WaitTimeout => ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "query_wait_timeout").hint(
+                "all server connections of this pool stayed busy for query_wait_timeout; raise default_pool_size or reserve_pool_size, or shorten the transactions holding them",
+            ),
+            AcquireError::Connect(c) => c.into(),
+        }
+    }
+}

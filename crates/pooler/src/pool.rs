@@ -1,0 +1,436 @@
+//! One pool of server connections per (database, server user).
+//!
+//! - Waiting clients queue FIFO; a released server goes straight to the oldest waiter.
+//! - A waiter that gives up (timeout, client gone) leaves the queue at once, and a
+//!   server handed to it in that instant is returned, never lost ([`Checkout`]'s Drop).
+//! - New connections open in parallel, at most [`MAX_CONNECTING`] at a time per pool,
+//!   only while clients wait for them; the reserve opens once the oldest waiter has
+//!   waited `reserve_pool_timeout`.
+//! - `max_db_connections` / `max_user_connections` are semaphores shared by the pools
+//!   of one database / user; each server holds its permits while it exists.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::config::PoolMode;
+use crate::server::{ConnectError, ServerConn, ServerTarget};
+
+/// Connects in flight per pool: enough to fill a pool quickly after a restart without
+/// a thundering herd of logins on PostgreSQL.
+pub const MAX_CONNECTING: usize = 4;
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_size: usize,
+    pub reserve_size: usize,
+    pub reserve_timeout: Duration,
+    pub query_wait_timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub lifetime: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_packet: u32,
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum AcquireError {
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+type Delivery = Result<ServerConn, ConnectError>;
+
+/// ParameterStatus (name, value) pairs a client is shown at login.
+pub type Welcome = Arc<Vec<(String, String)>>;
+
+struct Waiter {
+    id: u64,
+    since: Instant,
+    tx: oneshot::Sender<Delivery>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Idle servers, most recently used last (LIFO, as PgBouncer's default).
+    idle: Vec<ServerConn>,
+    waiters: VecDeque<Waiter>,
+    /// Servers linked to clients.
+    active: usize,
+    connecting: usize,
+    next_waiter: u64,
+    last_connect_error: Option<ConnectError>,
+}
+
+impl State {
+    fn total(&self) -> usize {
+        self.idle.len() + self.active + self.connecting
+    }
+}
+
+/// Counts for SHOW POOLS and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub idle: usize,
+    pub active: usize,
+    pub connecting: usize,
+    pub waiting: usize,
+    pub oldest_wait: Duration,
+}
+
+pub struct Pool {
+    pub db: String,
+    pub user: String,
+    pub target: ServerTarget,
+    pub settings: PoolSettings,
+    state: Mutex<State>,
+    limits: Vec<Arc<Semaphore>>,
+    /// ParameterStatus values of the first server login, shown to clients at login.
+    welcome: Mutex<Option<Welcome>>,
+}
+
+impl Pool {
+    pub fn new(
+        db: String,
+        user: String,
+        target: ServerTarget,
+        settings: PoolSettings,
+        limits: Vec<Arc<Semaphore>>,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            db,
+            user,
+            target,
+            settings,
+            state: Mutex::new(State::default()),
+            limits,
+            welcome: Mutex::new(None),
+        })
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let s = self.state.lock();
+        PoolCounts {
+            idle: s.idle.len(),
+            active: s.active,
+            connecting: s.connecting,
+            waiting: s.waiters.len(),
+            oldest_wait: s.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
+        }
+    }
+
+    pub fn welcome(&self) -> Option<Welcome> {
+        self.welcome.lock().clone()
+    }
+
+    /// Takes a server for a client: an idle one, or waits in line for one.
+    /// Cancel-safe: dropping the future leaves the queue and returns any server
+    /// delivered in the meantime.
+    pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, AcquireError> {
+        let (id, rx) = {
+            let mut s = self.state.lock();
+            let now = Instant::now();
+            let mut expired = Vec::new();
+            while let Some(conn) = s.idle.pop() {
+                if conn.expired(now, self.settings.lifetime, self.settings.idle_timeout) {
+                    expired.push(conn);
+                    continue;
+                }
+                s.active += 1;
+                drop(s);
+                close_all(expired);
+                return Ok(conn);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = s.next_waiter;
+            s.next_waiter += 1;
+            s.waiters.push_back(Waiter { id, since: now, tx });
+            self.spawn_connects(&mut s);
+            drop(s);
+            close_all(expired);
+            (id, rx)
+        };
+        let mut checkout = Checkout {
+            pool: self,
+            id,
+            rx: Some(rx),
+        };
+        checkout.wait().await
+    }
+
+    /// Gives a server back after a client is done with it. `reusable` is false when
+    /// the server is not at a clean protocol boundary (it is then closed).
+    pub fn release(self: &Arc<Self>, conn: ServerConn, reusable: bool) {
+        let mut s = self.state.lock();
+        s.active = s.active.saturating_sub(1);
+        let now = Instant::now();
+        if !reusable || conn.expired(now, self.settings.lifetime, None) {
+            self.spawn_connects(&mut s);
+            drop(s);
+            close_all(vec![conn]);
+            return;
+        }
+        let mut conn = conn;
+        conn.last_used = now;
+        if let Some(conn) = Self::hand_off(&mut s, conn) {
+            s.idle.push(conn);
+        }
+    }
+
+    /// Gives `conn` to the oldest live waiter; returns it when nobody waits.
+    fn hand_off(s: &mut State, mut conn: ServerConn) -> Option<ServerConn> {
+        while let Some(w) = s.waiters.pop_front() {
+            s.active += 1;
+            match w.tx.send(Ok(conn)) {
+                Ok(()) => return None,
+                // The waiter gave up in the meantime: try the next one.
+                Err(Ok(back)) => {
+                    s.active -= 1;
+                    conn = back;
+                }
+                Err(Err(_)) => return None,
+            }
+        }
+        Some(conn)
+    }
+
+    /// How many servers the pool may have now: the reserve counts once the oldest
+    /// waiter has waited `reserve_pool_timeout`.
+    fn capacity(&self, s: &State) -> usize {
+        let reserve_open = s
+            .waiters
+            .front()
+            .is_some_and(|w| w.since.elapsed() >= self.settings.reserve_timeout);
+        self.settings.size + if reserve_open { self.settings.reserve_size } else { 0 }
+    }
+
+    /// Starts as many connects as waiting clients need, within the pool's capacity and
+    /// the per-pool bound on logins in flight.
+    fn spawn_connects(self: &Arc<Self>, s: &mut State) {
+        let needed = s.waiters.len().saturating_sub(s.connecting);
+        let room = self.capacity(s).saturating_sub(s.total());
+        let slots = MAX_CONNECTING.saturating_sub(s.connecting);
+        for _ in 0..needed.min(room).min(slots) {
+            s.connecting += 1;
+            let pool = Arc::clone(self);
+            let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
+            let span = info_span!("server", id, db = %self.db, user = %self.user);
+            tokio::spawn(async move { pool.connect_one(id).await }.instrument(span));
+        }
+    }
+
+    /// Opens connections up to `min_pool_size` (called after logins and releases).
+    pub fn fill_min(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        let missing = self.settings.min_size.saturating_sub(s.total());
+        let slots = MAX_CONNECTING.saturating_sub(s.connecting);
+        for _ in 0..missing.min(slots) {
+            s.connecting += 1;
+            let pool = Arc::clone(self);
+            let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
+            let span = info_span!("server", id, db = %self.db, user = %self.user);
+            tokio::spawn(async move { pool.connect_one(id).await }.instrument(span));
+        }
+    }
+
+    async fn connect_one(self: Arc<Self>, id: u64) {
+        let result = self.login(id).await;
+        let mut s = self.state.lock();
+        s.connecting -= 1;
+        match result {
+            Ok(conn) => {
+                debug!(server_pid = conn.backend_pid, "server login ok");
+                s.last_connect_error = None;
+                {
+                    let mut w = self.welcome.lock();
+                    if w.is_none() {
+                        *w = Some(Arc::new(conn.params.clone()));
+                    }
+                }
+                if let Some(conn) = Self::hand_off(&mut s, conn) {
+                    s.idle.push(conn);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, target = %self.target.describe(), "server login failed");
+                s.last_connect_error = Some(e.clone());
+                // Nobody can serve the waiters: tell them now rather than at
+                // query_wait_timeout.
+                if s.total() == 0 {
+                    for w in s.waiters.drain(..) {
+                        let _ = w.tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn login(&self, id: u64) -> Result<ServerConn, ConnectError> {
+        let mut permits: Vec<OwnedSemaphorePermit> = Vec::with_capacity(self.limits.len());
+        for limit in &self.limits {
+            let permit = Arc::clone(limit)
+                .acquire_owned()
+                .await
+                .map_err(|_| ConnectError::Protocol("pooler is shutting down".into()))?;
+            permits.push(permit);
+        }
+        let mut conn = ServerConn::connect(
+            id,
+            &self.target,
+            self.settings.connect_timeout,
+            self.settings.max_packet,
+        )
+        .await?;
+        conn._permits = permits;
+        Ok(conn)
+    }
+
+    /// Closes one idle server (to make room under a shared db/user limit).
+    pub fn evict_one_idle(&self) -> bool {
+        let conn = {
+            let mut s = self.state.lock();
+            if s.idle.is_empty() {
+                return false;
+            }
+            // The least recently used one.
+            s.idle.remove(0)
+        };
+        close_all(vec![conn]);
+        true
+    }
+
+    /// A waiter that has waited `reserve_pool_timeout` may open the reserve.
+    fn kick(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        self.spawn_connects(&mut s);
+    }
+
+    /// Closes idle servers past their lifetime or idle timeout; keeps min_pool_size.
+    pub fn close_expired(&self) {
+        let now = Instant::now();
+        let expired = {
+            let mut s = self.state.lock();
+            let mut keep = Vec::with_capacity(s.idle.len());
+            let mut expired = Vec::new();
+            let mut total = s.total();
+            for conn in s.idle.drain(..) {
+                if total > self.settings.min_size
+                    && conn.expired(now, self.settings.lifetime, self.settings.idle_timeout)
+                {
+                    total -= 1;
+                    expired.push(conn);
+                } else {
+                    keep.push(conn);
+                }
+            }
+            s.idle = keep;
+            expired
+        };
+        close_all(expired);
+    }
+
+    pub fn last_connect_error(&self) -> Option<ConnectError> {
+        self.state.lock().last_connect_error.clone()
+    }
+}
+
+fn close_all(conns: Vec<ServerConn>) {
+    if conns.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for c in conns {
+            c.terminate().await;
+        }
+    });
+}
+
+/// A place in a pool's queue. Dropping it leaves the queue (cancel safety).
+struct Checkout<'a> {
+    pool: &'a Arc<Pool>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Delivery>>,
+}
+
+impl Checkout<'_> {
+    async fn wait(&mut self) -> Result<ServerConn, AcquireError> {
+        let settings = &self.pool.settings;
+        let started = Instant::now();
+        let deadline = settings
+            .query_wait_timeout
+            .map(|t| tokio::time::Instant::from_std(started + t));
+        let reserve_at =
+            (settings.reserve_size > 0).then(|| tokio::time::Instant::from_std(started + settings.reserve_timeout));
+        let mut reserve_kicked = false;
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(AcquireError::WaitTimeout);
+        };
+        loop {
+            tokio::select! {
+                delivered = &mut *rx => {
+                    self.rx = None;
+                    return match delivered {
+                        Ok(Ok(conn)) => Ok(conn),
+                        Ok(Err(e)) => Err(AcquireError::Connect(e)),
+                        // The pool went away.
+                        Err(_) => Err(AcquireError::Connect(ConnectError::Protocol("pool closed".into()))),
+                    };
+                }
+                _ = sleep_until_opt(reserve_at), if !reserve_kicked => {
+                    reserve_kicked = true;
+                    self.pool.kick();
+                }
+                _ = sleep_until_opt(deadline) => return Err(AcquireError::WaitTimeout),
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut s = self.pool.state.lock();
+        if let Some(pos) = s.waiters.iter().position(|w| w.id == self.id) {
+            s.waiters.remove(pos);
+            return;
+        }
+        drop(s);
+        // Already popped: a server (or an error) was sent under the lock we just held.
+        if let Ok(Ok(conn)) = rx.try_recv() {
+            self.pool.release(conn, true);
+        }
+    }
+}
+
+impl Pool {
+    /// True when every shared limit this pool is under has a free permit.
+    pub fn limits_free(&self) -> bool {
+        self.limits.iter().all(|l| l.available_permits() > 0)
+    }
+
+    /// True when both pools draw from one max_db_connections/max_user_connections limit.
+    pub fn shares_limit_with(&self, other: &Pool) -> bool {
+        self.limits
+            .iter()
+            .any(|a| other.limits.iter().any(|b| Arc::ptr_eq(a, b)))
+    }
+}

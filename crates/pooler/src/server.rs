@@ -1,0 +1,249 @@
+//! Server connections: log in to PostgreSQL as a client would, then hand the socket to
+//! the pool. After login the connection is only a pair of byte halves and a buffer.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use sluice_wire::backend::{parse_error_fields, ParsedError};
+use sluice_wire::frame::Scanner;
+use sluice_wire::frontend::build;
+use sluice_wire::md5;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::stream::{tune_tcp, ReadHalf, Stream, WriteHalf};
+
+/// Where and as whom a pool logs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTarget {
+    /// Host name or address; a value starting with '/' is a Unix socket directory.
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    /// Plaintext password or md5 secret; None for trust.
+    pub password: Option<String>,
+    /// Extra startup parameters (application_name, client_encoding, ...).
+    pub params: Vec<(String, String)>,
+    pub tcp_keepalive: bool,
+}
+
+impl ServerTarget {
+    pub fn describe(&self) -> String {
+        if self.host.starts_with('/') {
+            format!("{}/.s.PGSQL.{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum ConnectError {
+    #[error("could not connect to server {addr}: {reason}")]
+    Io { addr: String, reason: String },
+    #[error("server login timed out after {0:?} (server_connect_timeout)")]
+    Timeout(Duration),
+    /// PostgreSQL refused the login; its error is forwarded to clients as it is.
+    #[error("server refused login: {} ({})", .0.message, .0.code)]
+    Rejected(ParsedError),
+    #[error("server login failed: {0}")]
+    Protocol(String),
+}
+
+/// A logged-in server connection, idle or linked to a client.
+pub struct ServerConn {
+    pub id: u64,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
+    /// Bytes read from the server and not yet forwarded.
+    pub buf: BytesMut,
+    pub scan: Scanner,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// The server's own cancel key (clients get Sluice's keys instead).
+    pub backend_pid: i32,
+    pub backend_key: i32,
+    /// ParameterStatus values reported at login.
+    pub params: Vec<(String, String)>,
+    /// Held while the connection exists: max_db_connections / max_user_connections.
+    pub _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl ServerConn {
+    /// Opens a connection and logs in, all within `timeout`.
+    pub async fn connect(
+        id: u64,
+        target: &ServerTarget,
+        timeout: Option<Duration>,
+        max_packet: u32,
+    ) -> Result<ServerConn, ConnectError> {
+        let login = Self::connect_inner(id, target, max_packet);
+        match timeout {
+            Some(t) => tokio::time::timeout(t, login)
+                .await
+                .unwrap_or(Err(ConnectError::Timeout(t))),
+            None => login.await,
+        }
+    }
+
+    async fn connect_inner(id: u64, t: &ServerTarget, max_packet: u32) -> Result<ServerConn, ConnectError> {
+        let io_err = |e: std::io::Error| ConnectError::Io {
+            addr: t.describe(),
+            reason: e.to_string(),
+        };
+        let stream = if t.host.starts_with('/') {
+            Stream::Unix(UnixStream::connect(t.describe()).await.map_err(io_err)?)
+        } else {
+            let s = TcpStream::connect((t.host.as_str(), t.port)).await.map_err(io_err)?;
+            tune_tcp(&s, t.tcp_keepalive);
+            Stream::Tcp(s)
+        };
+        let (mut rd, mut wr) = stream.into_split();
+
+        let mut out = BytesMut::with_capacity(256);
+        let mut params: Vec<(&str, &str)> = vec![("user", &t.user), ("database", &t.dbname)];
+        params.extend(t.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        build::startup_message(params, &mut out).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        wr.write_all(&out).await.map_err(io_err)?;
+
+        let mut buf = BytesMut::with_capacity(8192);
+        let mut scram: Option<ScramSha256> = None;
+        let mut backend = (0, 0);
+        let mut server_params = Vec::new();
+        loop {
+            let msg = loop {
+                match Message::parse(&mut buf) {
+                    Ok(Some(m)) => break m,
+                    Ok(None) => {
+                        if rd.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                            return Err(ConnectError::Protocol(
+                                "server closed the connection during login".into(),
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(ConnectError::Protocol(format!("bad message from server: {e}"))),
+                }
+            };
+            out.clear();
+            match msg {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    let pw = password(t)?;
+                    build::password_message(pw.as_bytes(), &mut out)
+                        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let pw = password(t)?;
+                    let response = if md5::is_md5_secret(pw) {
+                        md5::expected_response(pw, body.salt())
+                    } else {
+                        postgres_protocol::authentication::md5_hash(t.user.as_bytes(), pw.as_bytes(), body.salt())
+                    };
+                    build::password_message(response.as_bytes(), &mut out)
+                        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let pw = password(t)?;
+                    if md5::is_md5_secret(pw) || pw.starts_with("SCRAM-SHA-256$") {
+                        return Err(ConnectError::Protocol(format!(
+                            "server asks for SCRAM but only a hashed secret is configured for user \"{}\"; configure a plaintext password for server logins",
+                            t.user
+                        )));
+                    }
+                    let mut mechs = body.mechanisms();
+                    let mut found = false;
+                    while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechs) {
+                        found |= m == sluice_wire::scram::MECHANISM;
+                    }
+                    if !found {
+                        return Err(ConnectError::Protocol(
+                            "server offers no supported SASL mechanism".into(),
+                        ));
+                    }
+                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                    build::sasl_initial_response(sluice_wire::scram::MECHANISM, s.message(), &mut out)
+                        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ConnectError::Protocol("unexpected SASL continue".into()))?;
+                    s.update(body.data())
+                        .map_err(|e| ConnectError::Protocol(format!("SCRAM: {e}")))?;
+                    build::sasl_response(s.message(), &mut out).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| ConnectError::Protocol("unexpected SASL final".into()))?;
+                    s.finish(body.data())
+                        .map_err(|e| ConnectError::Protocol(format!("SCRAM server signature: {e}")))?;
+                }
+                Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                    let value = body.value().map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                    server_params.push((name.to_owned(), value.to_owned()));
+                }
+                Message::BackendKeyData(body) => backend = (body.process_id(), body.secret_key()),
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => {
+                    let mut raw = BytesMut::new();
+                    // Re-read the fields from the body bytes we already have.
+                    let mut fields = body.fields();
+                    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+                        raw.extend_from_slice(&[f.type_()]);
+                        raw.extend_from_slice(f.value_bytes());
+                        raw.extend_from_slice(&[0]);
+                    }
+                    raw.extend_from_slice(&[0]);
+                    return Err(ConnectError::Rejected(parse_error_fields(&raw)));
+                }
+                Message::NoticeResponse(_) => {}
+                _ => return Err(ConnectError::Protocol("unexpected message during login".into())),
+            }
+            if !out.is_empty() {
+                wr.write_all(&out).await.map_err(io_err)?;
+            }
+        }
+        let now = Instant::now();
+        Ok(ServerConn {
+            id,
+            rd,
+            wr,
+            buf,
+            scan: Scanner::new(max_packet, 64 * 1024),
+            created: now,
+            last_used: now,
+            backend_pid: backend.0,
+            backend_key: backend.1,
+            params: server_params,
+            _permits: Vec::new(),
+        })
+    }
+
+    /// True once the connection has outlived `server_lifetime` or idled past
+    /// `server_idle_timeout`.
+    pub fn expired(&self, now: Instant, lifetime: Option<Duration>, idle_timeout: Option<Duration>) -> bool {
+        lifetime.is_some_and(|l| now.duration_since(self.created) >= l)
+            || idle_timeout.is_some_and(|t| now.duration_since(self.last_used) >= t)
+    }
+
+    /// Sends Terminate and drops the socket (best effort; never waits long).
+    pub async fn terminate(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.wr.write_all(b"X\0\0\0\x04")).await;
+    }
+}
+
+fn password(t: &ServerTarget) -> Result<&str, ConnectError> {
+    t.password.as_deref().ok_or_else(|| {
+        ConnectError::Protocol(format!(
+            "server asks for a password for user \"{}\" but none is configured (set password= in [databases] or add the user to auth_file)",
+            t.user
+        ))
+    })
+}

@@ -1,0 +1,211 @@
+//! `sluice [OPTIONS] [CONFIG]`: PgBouncer's command line, plus `--check` and `--demo`.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use sluice_pooler::config::{self, Loaded};
+use tracing::{info, warn};
+
+/// A PostgreSQL connection pooler, drop-in for PgBouncer.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Config file: Sluice TOML, or a PgBouncer .ini (default: pooler.toml).
+    config: Option<PathBuf>,
+    /// Run in the background (needs pidfile; logs go to logfile).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Do not log to stderr.
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Switch to this user at startup.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// PgBouncer's online restart. Not supported: Sluice reloads in place instead.
+    #[arg(short = 'R', long = "reboot", hide = true)]
+    reboot: bool,
+    /// Validate the config, print the effective settings, and exit.
+    #[arg(long)]
+    check: bool,
+    /// Start a throwaway PostgreSQL and run Sluice in front of it.
+    #[arg(long)]
+    demo: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.reboot {
+        bail!("-R (online restart) is not supported; send SIGHUP to reload instead");
+    }
+    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from("pooler.toml"));
+    if cli.demo {
+        init_logging(None, cli.quiet, cli.verbose)?;
+        return demo::run(&path);
+    }
+    let loaded = config::load(&path).map_err(anyhow::Error::msg)?;
+    if cli.check {
+        print_check(&loaded);
+        return Ok(());
+    }
+    let user = cli.user.clone().or_else(|| loaded.config.user.clone());
+    if cli.daemon {
+        let Some(pidfile) = &loaded.config.pidfile else {
+            bail!("-d needs pidfile set in {}", path.display());
+        };
+        if loaded.config.logfile.is_none() {
+            bail!(
+                "-d needs logfile set in {} (stderr is closed in the background)",
+                path.display()
+            );
+        }
+        check_pidfile(Path::new(pidfile))?;
+        // Fork before any thread exists (the runtime starts after this).
+        nix::unistd::daemon(true, false).context("cannot daemonize")?;
+    }
+    if let Some(u) = &user {
+        switch_user(u)?;
+    }
+    init_logging(
+        loaded.config.logfile.as_deref(),
+        cli.quiet || cli.daemon,
+        cli.verbose.max(loaded.config.verbose),
+    )?;
+    if let Some(pidfile) = &loaded.config.pidfile {
+        std::fs::write(pidfile, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pidfile {pidfile}"))?;
+    }
+    for (key, origin) in &loaded.ignored {
+        warn!("{origin}: setting '{key}' is accepted for compatibility but has no effect yet");
+    }
+    let result = serve(loaded.clone());
+    if let Some(pidfile) = &loaded.config.pidfile {
+        let _ = std::fs::remove_file(pidfile);
+    }
+    result
+}
+
+fn serve(loaded: Loaded) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()?;
+    runtime.block_on(async move {
+        let _app = sluice_pooler::start(&loaded).await?;
+        info!(config = %loaded.path.display(), version = env!("CARGO_PKG_VERSION"), "sluice started");
+        wait_for_shutdown_signal().await?;
+        info!("shutting down");
+        if !loaded.config.unix_socket_dir.is_empty() {
+            let sock =
+                Path::new(&loaded.config.unix_socket_dir).join(format!(".s.PGSQL.{}", loaded.config.listen_port));
+            let _ = std::fs::remove_file(sock);
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = quit.recv() => {}
+    }
+    Ok(())
+}
+
+fn check_pidfile(pidfile: &Path) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(pidfile) {
+        if let Ok(pid) = text.trim().parse::<i32>() {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+                bail!(
+                    "pidfile {} names a running process ({pid}): is Sluice already running?",
+                    pidfile.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn switch_user(name: &str) -> Result<()> {
+    let user = nix::unistd::User::from_name(name)?.with_context(|| format!("no such user: {name}"))?;
+    if nix::unistd::geteuid() == user.uid {
+        return Ok(());
+    }
+    nix::unistd::setgid(user.gid).context("setgid")?;
+    nix::unistd::setuid(user.uid).with_context(|| format!("cannot switch to user {name}"))?;
+    Ok(())
+}
+
+fn init_logging(logfile: Option<&str>, quiet: bool, verbose: u8) -> Result<()> {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match (logfile, quiet) {
+        (Some(f), quiet) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .with_context(|| format!("cannot open logfile {f}"))?;
+            let file = std::sync::Mutex::new(file);
+            if quiet {
+                builder.with_writer(file).init();
+            } else {
+                builder.with_writer(file.and(std::io::stderr)).init();
+            }
+        }
+        (None, true) => builder.with_writer(std::io::sink).init(),
+        (None, false) => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// `--check`: the effective settings, as PgBouncer's SHOW CONFIG would list them.
+fn print_check(loaded: &Loaded) {
+    println!("# {} is valid", loaded.path.display());
+    for (key, origin) in &loaded.ignored {
+        println!("# {origin}: '{key}' is accepted but has no effect yet");
+    }
+    let mut text = toml::to_string(&loaded.config).unwrap_or_default();
+    // Never print secrets.
+    text = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("password") {
+                "password = \"***\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!("{text}");
+    println!("# {} user(s) with passwords", loaded.secrets.len());
+}
