@@ -221,12 +221,19 @@ impl Pool {
         let room = self.capacity(s).saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
         for _ in 0..needed.min(room).min(slots) {
-            s.connecting += 1;
-            let pool = Arc::clone(self);
-            let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
-            let span = info_span!("server", id, db = %self.db, user = %self.user);
-            tokio::spawn(async move { pool.connect_one(id).await }.instrument(span));
+            self.spawn_connect(s);
         }
+    }
+
+    /// Starts one server login in the background; its result goes to the oldest
+    /// waiter, or to the idle list.
+    fn spawn_connect(self: &Arc<Self>, s: &mut State) {
+        s.connecting += 1;
+        let pool = Arc::clone(self);
+        let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
+        // Servers outlive the client that happened to trigger their login.
+        let span = info_span!(parent: None, "server", id, db = %self.db, user = %self.user);
+        tokio::spawn(async move { pool.connect_one(id).await }.instrument(span));
     }
 
     /// Opens connections up to `min_pool_size` (called after logins and releases).
@@ -235,11 +242,7 @@ impl Pool {
         let missing = self.settings.min_size.saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
         for _ in 0..missing.min(slots) {
-            s.connecting += 1;
-            let pool = Arc::clone(self);
-            let id = NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed);
-            let span = info_span!("server", id, db = %self.db, user = %self.user);
-            tokio::spawn(async move { pool.connect_one(id).await }.instrument(span));
+            self.spawn_connect(&mut s);
         }
     }
 

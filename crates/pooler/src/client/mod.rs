@@ -64,6 +64,11 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
         let route = match login {
             Ok(Some(route)) => route,
             Ok(None) => return,
+            // A connection closed before saying anything (port probes, health checks).
+            Err(e) if e.message == startup::CLOSED_BEFORE_STARTUP => {
+                debug!("{}", e.message);
+                return;
+            }
             Err(e) => {
                 if app.config.log_pooler_errors {
                     info!(code = %e.code, "login failed: {}", e.message);

@@ -14,6 +14,8 @@ pub enum Startup {
     Cancel { pid: i32, key: i32 },
 }
 
+pub const CLOSED_BEFORE_STARTUP: &str = "client closed the connection during startup";
+
 /// Reads packets until a StartupMessage or CancelRequest arrives.
 pub async fn read(client: &mut ClientConn) -> Result<Startup, ClientError> {
     let mut ssl_answered = false;
@@ -48,7 +50,7 @@ pub async fn read(client: &mut ClientConn) -> Result<Startup, ClientError> {
 /// Reads one untagged packet (after the length field). A bad length ends the
 /// connection at once, as PostgreSQL does; nothing waits for a login timeout.
 async fn read_packet(client: &mut ClientConn) -> Result<BytesMut, ClientError> {
-    let closed = || ClientError::protocol("client closed the connection during startup");
+    let closed = || ClientError::protocol(CLOSED_BEFORE_STARTUP);
     while client.buf.len() < 4 {
         if client.rd.read_buf(&mut client.buf).await.map_err(|_| closed())? == 0 {
             return Err(closed());

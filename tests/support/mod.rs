@@ -1,0 +1,216 @@
+//! Test harness: a real PostgreSQL (throwaway, random port), the real `sluice` binary
+//! in front of it with a generated config, and real clients.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sluice_embedded_pg::{free_port, EmbeddedPg, PgOptions};
+
+/// Users the test PostgreSQL knows, by how PostgreSQL authenticates them.
+pub const SCRAM_USER: (&str, &str) = ("scram_user", "scram_pw");
+pub const MD5_USER: (&str, &str) = ("md5_user", "md5_pw");
+pub const PLAIN_USER: (&str, &str) = ("plain_user", "plain_pw");
+pub const TRUST_USER: (&str, &str) = ("trust_user", "trust_pw");
+
+/// A PostgreSQL with the four users, databases `app` and `app2`, and a table `items`.
+pub fn postgres() -> Result<EmbeddedPg> {
+    let pg = EmbeddedPg::start(PgOptions {
+        hba: vec![
+            "host all postgres 127.0.0.1/32 trust".into(),
+            "host all trust_user 127.0.0.1/32 trust".into(),
+            "host all md5_user 127.0.0.1/32 md5".into(),
+            "host all plain_user 127.0.0.1/32 password".into(),
+            "host all all 127.0.0.1/32 scram-sha-256".into(),
+        ],
+        conf: vec![],
+    })?;
+    pg.psql("postgres", "CREATE ROLE scram_user LOGIN PASSWORD 'scram_pw'")?;
+    pg.psql(
+        "postgres",
+        "SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5_pw'",
+    )?;
+    pg.psql("postgres", "CREATE ROLE plain_user LOGIN PASSWORD 'plain_pw'")?;
+    pg.psql("postgres", "CREATE ROLE trust_user LOGIN")?;
+    for db in ["app", "app2"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"))?;
+        pg.psql(
+            db,
+            "GRANT ALL ON SCHEMA public TO PUBLIC;
+             CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 100) g;
+             GRANT ALL ON items TO PUBLIC;",
+        )?;
+    }
+    Ok(pg)
+}
+
+/// A running `sluice` process.
+pub struct Sluice {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+}
+
+/// The binary under test.
+pub fn sluice_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// A userlist.txt with every test user's plaintext password.
+pub fn userlist() -> String {
+    [SCRAM_USER, MD5_USER, PLAIN_USER, TRUST_USER]
+        .iter()
+        .map(|(u, p)| format!("\"{u}\" \"{p}\"\n"))
+        .collect()
+}
+
+/// Settings every test config shares: loopback TCP on `port`, a private Unix socket
+/// directory, the userlist.
+pub fn base_settings(dir: &Path, port: u16) -> String {
+    format!(
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"{}\"\nauth_file = \"{}\"\n",
+        dir.display(),
+        dir.join("userlist.txt").display()
+    )
+}
+
+impl Sluice {
+    /// Starts Sluice with `settings` (TOML top-level keys) and `[databases.app]` /
+    /// `[databases.app2]` pointing at `pg`, plus `extra` TOML appended.
+    pub fn start(pg: &EmbeddedPg, settings: &str, extra: &str) -> Result<Sluice> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        std::fs::write(dir.path().join("userlist.txt"), userlist())?;
+        let text = format!(
+            "{}{settings}\n[databases.app]\nhost = \"127.0.0.1\"\nport = {pgport}\n[databases.app2]\nhost = \"127.0.0.1\"\nport = {pgport}\n{extra}\n",
+            base_settings(dir.path(), port),
+            pgport = pg.port()
+        );
+        let config = dir.path().join("pooler.toml");
+        std::fs::write(&config, text)?;
+        Self::spawn(dir, port, &[config.to_string_lossy().as_ref()])
+    }
+
+    /// Starts the binary with `args` (config path etc.) and waits for its port.
+    pub fn spawn(dir: tempfile::TempDir, port: u16, args: &[&str]) -> Result<Sluice> {
+        let log = std::fs::File::create(dir.path().join("sluice.log"))?;
+        let child = Command::new(sluice_bin())
+            .args(args)
+            .env("SLUICE_LOG", "info,sluice_pooler=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start sluice")?;
+        let mut s = Sluice {
+            port,
+            dir,
+            child: Some(child),
+        };
+        s.wait_listening()?;
+        Ok(s)
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child {
+                if let Some(status) = child.try_wait()? {
+                    bail!("sluice exited ({status}):\n{}", self.log());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("sluice did not listen on {} in time:\n{}", self.port, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- sluice log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE and message of a tokio-postgres error.
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    match e.as_db_error() {
+        Some(db) => (db.code().code().to_owned(), db.message().to_owned()),
+        None => (String::new(), e.to_string()),
+    }
+}
+
+/// Runs psql against Sluice; returns (success, stdout, stderr).
+pub fn psql(pg: &EmbeddedPg, url: &str, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+    let mut child = Command::new(pg.bin("psql"))
+        .arg("-X")
+        .arg(url)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Counts server connections PostgreSQL has for (user, db), not counting ourselves.
+pub fn backends(pg: &EmbeddedPg, user: &str, db: &str) -> Result<usize> {
+    let n = pg.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND datname = '{db}'"),
+    )?;
+    Ok(n.parse()?)
+}
+
+/// The error of a result that must have failed (tokio-postgres's Client is not Debug,
+/// so `expect_err` is not available).
+#[track_caller]
+pub fn refused<T, E>(r: Result<T, E>, what: &str) -> E {
+    match r {
+        Ok(_) => panic!("expected an error: {what}"),
+        Err(e) => e,
+    }
+}
