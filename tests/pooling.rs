@@ -347,3 +347,121 @@ async fn a_waiting_client_that_disconnects_leaves_the_queue_at_once() -> Result<
     assert!(started.elapsed() < Duration::from_secs(1));
     Ok(())
 }
+
+/// Runs `clients` clients per user, each doing `txns` short transactions that hold
+/// their server for a moment, and returns the most backends PostgreSQL saw for `db`.
+async fn load_two_users(
+    s: &Sluice,
+    pg: &sluice_embedded_pg::EmbeddedPg,
+    db: &str,
+    clients: usize,
+    txns: usize,
+) -> Result<usize> {
+    let direct = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port()
+    ))
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, db) = (Arc::clone(&stop), db.to_owned());
+        tokio::spawn(async move {
+            let mut max = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = direct
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename IN ('scram_user', 'md5_user')",
+                        &[&db],
+                    )
+                    .await?
+                    .get(0);
+                max = max.max(n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<_, anyhow::Error>(max as usize)
+        })
+    };
+    let mut tasks = Vec::new();
+    for (user, pw) in [SCRAM_USER, MD5_USER] {
+        for _ in 0..clients {
+            let url = s.url(user, pw, db);
+            tasks.push(tokio::spawn(async move {
+                let c = connect(&url).await?;
+                for _ in 0..txns {
+                    c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_db_connections_bounds_all_pools_of_a_database() -> Result<()> {
+    let pg = postgres()?;
+    // Two users, two pools of 5 each, one database capped at 3 server connections.
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 5\nmax_db_connections = 3",
+        "",
+    )?;
+    let max = load_two_users(&s, &pg, "app", 6, 15).await?;
+    assert!(
+        max <= 3,
+        "max_db_connections = 3 but PostgreSQL saw {max} backends for app"
+    );
+    assert!(max >= 2, "both users were served ({max})");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_user_connections_bounds_a_users_pools_across_databases() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 5\nmax_user_connections = 2",
+        "",
+    )?;
+    let direct = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port()
+    ))
+    .await?;
+    let (u, p) = SCRAM_USER;
+    let mut tasks = Vec::new();
+    for db in ["app", "app2", "app", "app2", "app", "app2"] {
+        let url = s.url(u, p, db);
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await?;
+            for _ in 0..15 {
+                c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let mut max = 0i64;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'scram_user'",
+                &[],
+            )
+            .await?
+            .get(0);
+        max = max.max(n);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for t in tasks {
+        t.await??;
+    }
+    assert!(
+        max <= 2,
+        "max_user_connections = 2 but PostgreSQL saw {max} backends for scram_user"
+    );
+    Ok(())
+}

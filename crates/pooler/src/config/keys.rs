@@ -132,21 +132,11 @@ pub const IMPLEMENTED: &[&str] = &[
     "server_lifetime",
     "server_idle_timeout",
     "server_connect_timeout",
-    "server_login_retry",
     "client_login_timeout",
     "query_wait_timeout",
     "max_packet_size",
-    "pkt_buf",
     "listen_backlog",
     "tcp_keepalive",
-    "admin_users",
-    "stats_users",
-    "conffile",
-    "service_name",
-    "job_name",
-    "syslog",
-    "syslog_ident",
-    "syslog_facility",
 ];
 
 /// Keys of a `[databases]` entry.
