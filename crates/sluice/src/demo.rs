@@ -87,7 +87,8 @@ pub fn run(config_path: &Path) -> Result<()> {
             pg.bin("pgbench").display()
         );
         println!("Ctrl-C stops Sluice and deletes the database.");
-        tokio::signal::ctrl_c().await?;
+        crate::wait_for_shutdown_signal().await?;
+        crate::remove_unix_socket(&loaded.config);
         Ok::<_, anyhow::Error>(())
     })?;
     eprintln!("sluice: stopping; removing the throwaway PostgreSQL");

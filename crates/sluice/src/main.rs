@@ -120,6 +120,14 @@ fn serve(loaded: Loaded) -> Result<()> {
     })
 }
 
+/// The listener's socket file outlives the process otherwise.
+fn remove_unix_socket(c: &config::Config) {
+    if !c.unix_socket_dir.is_empty() {
+        let _ = std::fs::remove_file(Path::new(&c.unix_socket_dir).join(format!(".s.PGSQL.{}", c.listen_port)));
+    }
+}
+
+/// SIGTERM, SIGINT or SIGQUIT. (Graceful shutdown semantics come with the lifecycle work.)
 async fn wait_for_shutdown_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
