@@ -28,6 +28,18 @@ pub const KNOWN_STARTUP_PARAMETERS: &[&str] = &[
     "replication",
 ];
 
+/// The semaphore shared by every pool under one max_db_connections /
+/// max_user_connections limit (0 = no limit).
+fn shared_limit(limits: &DashMap<String, Arc<Semaphore>>, name: &str, limit: u32) -> Option<Arc<Semaphore>> {
+    (limit > 0).then(|| {
+        Arc::clone(
+            &limits
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit as usize))),
+        )
+    })
+}
+
 pub struct App {
     pub config: Config,
     secrets: HashMap<String, StoredSecret>,
@@ -158,27 +170,17 @@ impl App {
             idle_timeout: seconds(c.server_idle_timeout),
             max_packet: c.max_packet_size,
         };
-        let mut limits = Vec::new();
         let db_limit = entry.max_db_connections.unwrap_or(c.max_db_connections);
-        if db_limit > 0 {
-            limits.push(Arc::clone(
-                &self
-                    .db_limits
-                    .entry(db.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(db_limit as usize))),
-            ));
-        }
         let user_limit = user_cfg
             .and_then(|u| u.max_user_connections)
             .unwrap_or(c.max_user_connections);
-        if user_limit > 0 {
-            limits.push(Arc::clone(
-                &self
-                    .user_limits
-                    .entry(server_user.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(user_limit as usize))),
-            ));
-        }
+        let limits = [
+            shared_limit(&self.db_limits, db, db_limit),
+            shared_limit(&self.user_limits, &server_user, user_limit),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let pool = self
             .pools
             .entry(key)

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use sluice_wire::backend::{self, TxStatus, READY_FOR_QUERY};
 use sluice_wire::frontend::{self, TERMINATE};
-use sluice_wire::{FrameError, Header, OnHeader, ScanHandler, Visit};
+use sluice_wire::{FrameError, Header, OnHeader, ScanHandler, Scanner, Visit};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tracing::debug;
@@ -27,6 +27,7 @@ use crate::config::PoolMode;
 use crate::errors::ClientError;
 use crate::pool::AcquireError;
 use crate::server::ServerConn;
+use crate::stream::{ReadHalf, WriteHalf};
 
 /// Room made before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -166,38 +167,64 @@ struct Link<'a> {
     release: bool,
 }
 
+/// What one non-blocking read or write did.
+enum Io {
+    /// Bytes moved.
+    Moved,
+    /// Nothing to do now; the waker is registered.
+    Pending,
+    /// The peer closed or the socket failed.
+    Closed,
+}
+
+/// Writes the scanned (forwardable) front of `buf` to `wr` and drops what was written.
+#[inline]
+fn poll_forward(cx: &mut Context<'_>, wr: &mut WriteHalf, buf: &mut BytesMut, scan: &mut Scanner) -> Io {
+    let n = scan.forwardable();
+    match Pin::new(wr).poll_write(cx, &buf[..n]) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Io::Closed,
+        Poll::Ready(Ok(w)) => {
+            buf.advance(w);
+            scan.consumed(w);
+            Io::Moved
+        }
+        Poll::Pending => Io::Pending,
+    }
+}
+
+/// Reads whatever is available into `buf`.
+#[inline]
+fn poll_fill(cx: &mut Context<'_>, rd: &mut ReadHalf, buf: &mut BytesMut) -> Io {
+    buf.reserve(READ_CHUNK);
+    match poll_read_buf(Pin::new(rd), cx, buf) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Io::Closed,
+        Poll::Ready(Ok(_)) => Io::Moved,
+        Poll::Pending => Io::Pending,
+    }
+}
+
 impl Link<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<LinkEnd> {
         loop {
             let mut progress = false;
 
             // Server -> client, whatever has been scanned.
-            let n = self.server.scan.forwardable();
-            if n > 0 {
-                match Pin::new(&mut self.client.wr).poll_write(cx, &self.server.buf[..n]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ClientGone),
-                    Poll::Ready(Ok(w)) => {
-                        self.server.buf.advance(w);
-                        self.server.scan.consumed(w);
-                        progress = true;
-                    }
-                    Poll::Pending => {}
+            if self.server.scan.forwardable() > 0 {
+                match poll_forward(cx, &mut self.client.wr, &mut self.server.buf, &mut self.server.scan) {
+                    Io::Closed => return Poll::Ready(LinkEnd::ClientGone),
+                    Io::Moved => progress = true,
+                    Io::Pending => {}
                 }
             } else if self.release && self.server.buf.is_empty() && self.server.scan.at_boundary() {
                 return Poll::Ready(LinkEnd::Release);
             }
 
             // Client -> server.
-            let n = self.client.scan.forwardable();
-            if n > 0 {
-                match Pin::new(&mut self.server.wr).poll_write(cx, &self.client.buf[..n]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ServerGone),
-                    Poll::Ready(Ok(w)) => {
-                        self.client.buf.advance(w);
-                        self.client.scan.consumed(w);
-                        progress = true;
-                    }
-                    Poll::Pending => {}
+            if self.client.scan.forwardable() > 0 {
+                match poll_forward(cx, &mut self.server.wr, &mut self.client.buf, &mut self.client.scan) {
+                    Io::Closed => return Poll::Ready(LinkEnd::ServerGone),
+                    Io::Moved => progress = true,
+                    Io::Pending => {}
                 }
             } else if self.tx.terminate {
                 return Poll::Ready(LinkEnd::Terminate);
@@ -205,10 +232,9 @@ impl Link<'_> {
 
             // Read the server (also after a release point: a message may be unfinished).
             if self.server.buf.len() < MAX_BUFFERED {
-                self.server.buf.reserve(READ_CHUNK);
-                match poll_read_buf(Pin::new(&mut self.server.rd), cx, &mut self.server.buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ServerGone),
-                    Poll::Ready(Ok(_)) => {
+                match poll_fill(cx, &mut self.server.rd, &mut self.server.buf) {
+                    Io::Closed => return Poll::Ready(LinkEnd::ServerGone),
+                    Io::Moved => {
                         progress = true;
                         let mut side = ServerSide {
                             tx: self.tx,
@@ -220,23 +246,22 @@ impl Link<'_> {
                             return Poll::Ready(LinkEnd::ServerError(e));
                         }
                     }
-                    Poll::Pending => {}
+                    Io::Pending => {}
                 }
             }
 
             // Read the client, unless this transaction is over: what it sends next
             // belongs to the next one.
             if !self.release && !self.tx.terminate && self.client.buf.len() < MAX_BUFFERED {
-                self.client.buf.reserve(READ_CHUNK);
-                match poll_read_buf(Pin::new(&mut self.client.rd), cx, &mut self.client.buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(LinkEnd::ClientGone),
-                    Poll::Ready(Ok(_)) => {
+                match poll_fill(cx, &mut self.client.rd, &mut self.client.buf) {
+                    Io::Closed => return Poll::Ready(LinkEnd::ClientGone),
+                    Io::Moved => {
                         progress = true;
                         if let Err(e) = scan_client(self.client, self.tx) {
                             return Poll::Ready(LinkEnd::ClientError(e));
                         }
                     }
-                    Poll::Pending => {}
+                    Io::Pending => {}
                 }
             }
 
