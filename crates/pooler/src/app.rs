@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
 use crate::auth::StoredSecret;
+use crate::cancel;
 use crate::config::{self, seconds, Config, Loaded, PoolMode};
 use crate::errors::ClientError;
 use crate::pool::{Pool, PoolSettings};
@@ -48,6 +49,8 @@ pub struct App {
     user_limits: DashMap<String, Arc<Semaphore>>,
     /// Connected clients (max_client_conn).
     pub clients: AtomicUsize,
+    /// Cancel keys given to clients.
+    pub cancels: cancel::Registry,
     next_client_id: AtomicU64,
     ignored_startup_parameters: Vec<String>,
 }
@@ -76,6 +79,7 @@ impl App {
             db_limits: DashMap::new(),
             user_limits: DashMap::new(),
             clients: AtomicUsize::new(0),
+            cancels: cancel::Registry::default(),
             next_client_id: AtomicU64::new(1),
             ignored_startup_parameters,
         })

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod errors;

@@ -91,7 +91,7 @@ pub struct PoolCounts {
 pub struct Pool {
     pub db: String,
     pub user: String,
-    pub target: ServerTarget,
+    pub target: Arc<ServerTarget>,
     pub settings: PoolSettings,
     state: Mutex<State>,
     limits: Vec<Arc<Semaphore>>,
@@ -110,7 +110,7 @@ impl Pool {
         Arc::new(Pool {
             db,
             user,
-            target,
+            target: Arc::new(target),
             settings,
             state: Mutex::new(State::default()),
             limits,

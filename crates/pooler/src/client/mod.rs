@@ -52,7 +52,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             buf: BytesMut::with_capacity(4096),
             scan: Scanner::new(app.config.max_packet_size, 64 * 1024),
         };
-        let login = login(&app, &mut client, connected);
+        let registration = app.cancels.register();
+        let login = login(&app, &mut client, connected, (registration.pid, registration.key));
         let login = match seconds(app.config.client_login_timeout) {
             Some(t) => tokio::time::timeout(t, login).await.unwrap_or_else(|_| {
                 Err(ClientError::protocol(
@@ -77,7 +78,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
                 return;
             }
         };
-        let reason = session::run(&mut client, &route).await;
+        let reason = session::run(&mut client, &route, &registration.link).await;
         if app.config.log_disconnections {
             info!(db = %route.pool.db, user = %route.pool.user, "closing because: {reason}");
         }
@@ -87,13 +88,17 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
 }
 
 /// Startup and authentication. Returns None for a CancelRequest (handled here).
-async fn login(app: &App, client: &mut ClientConn, connected: usize) -> Result<Option<Route>, ClientError> {
+async fn login(
+    app: &App,
+    client: &mut ClientConn,
+    connected: usize,
+    (cancel_pid, cancel_key): (i32, i32),
+) -> Result<Option<Route>, ClientError> {
     let msg = match startup::read(client).await? {
         startup::Startup::Login(msg) => msg,
-        // Cancellation arrives with the lifecycle work; until then it is dropped, as
-        // PostgreSQL drops a cancel with an unknown key.
         startup::Startup::Cancel { pid, key } => {
-            debug!(pid, key, "cancel request dropped (not implemented yet)");
+            let timeout = seconds(app.config.server_connect_timeout).unwrap_or(std::time::Duration::from_secs(15));
+            app.cancels.cancel(pid, key, timeout).await;
             return Ok(None);
         }
     };
@@ -148,7 +153,7 @@ async fn login(app: &App, client: &mut ClientConn, connected: usize) -> Result<O
         backend::parameter_status(&mut out, name, value);
     }
     // Sluice's own key: a client never learns a server's cancel key.
-    backend::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
+    backend::backend_key_data(&mut out, cancel_pid, cancel_key);
     backend::ready_for_query(&mut out, TxStatus::Idle);
     client
         .wr

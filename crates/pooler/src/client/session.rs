@@ -22,7 +22,10 @@ use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 use super::{send_error, ClientConn};
+use std::sync::Arc;
+
 use crate::app::Route;
+use crate::cancel::ClientLink;
 use crate::config::PoolMode;
 use crate::errors::ClientError;
 use crate::pool::AcquireError;
@@ -45,6 +48,9 @@ struct TxTracker {
     status: TxStatus,
     /// The client sent Terminate (it stays unforwarded in the buffer).
     terminate: bool,
+    /// A cancel took the client out of the queue: its pending request is dropped
+    /// and answered with ReadyForQuery once complete.
+    discard: bool,
 }
 
 impl TxTracker {
@@ -276,12 +282,13 @@ impl Link<'_> {
 pub type Reason = &'static str;
 
 /// Runs a logged-in client until it leaves. Returns the reason, for the log.
-pub async fn run(client: &mut ClientConn, route: &Route) -> Reason {
+pub async fn run(client: &mut ClientConn, route: &Route, link: &ClientLink) -> Reason {
     let mut tx = TxTracker {
         pending_rfq: 0,
         in_batch: false,
         status: TxStatus::Idle,
         terminate: false,
+        discard: false,
     };
     loop {
         // Idle: wait until the client sends something a server must see.
@@ -290,7 +297,12 @@ pub async fn run(client: &mut ClientConn, route: &Route) -> Reason {
                 send_error(client, &e).await;
                 return "client protocol error";
             }
-            if client.scan.forwardable() > 0 {
+            if tx.discard {
+                if let Err(reason) = discard_cancelled(client, &mut tx).await {
+                    return reason;
+                }
+            }
+            if client.scan.forwardable() > 0 && !tx.discard {
                 break;
             }
             if tx.terminate {
@@ -303,8 +315,25 @@ pub async fn run(client: &mut ClientConn, route: &Route) -> Reason {
             }
         }
 
-        let mut server = match acquire_watching(client, &mut tx, route).await {
+        link.waiting();
+        let mut server = match acquire_watching(client, &mut tx, route, link).await {
             Ok(s) => s,
+            Err(Waited::Cancelled) => {
+                let e = ClientError {
+                    severity: sluice_wire::backend::Severity::Error,
+                    ..ClientError::fatal(
+                        sluice_wire::sqlstate::QUERY_CANCELED,
+                        "canceling statement due to user request",
+                    )
+                };
+                let mut out = BytesMut::new();
+                e.write(&mut out);
+                if client.wr.write_all(&out).await.is_err() {
+                    return "client unexpected eof";
+                }
+                tx.discard = true;
+                continue;
+            }
             Err(Waited::ClientGone) => return "client unexpected eof",
             Err(Waited::ClientError(e)) => {
                 send_error(client, &e).await;
@@ -331,6 +360,7 @@ pub async fn run(client: &mut ClientConn, route: &Route) -> Reason {
             };
             poll_fn(|cx| link.poll(cx)).await
         };
+        link.unlink().await;
         match end {
             LinkEnd::Release => route.pool.release(server, true),
             LinkEnd::Terminate | LinkEnd::ClientGone => {
@@ -382,30 +412,72 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool) {
 }
 
 enum Waited {
+    /// A CancelRequest took the client out of the queue.
+    Cancelled,
     ClientGone,
     ClientError(ClientError),
     Pool(AcquireError),
 }
 
 /// Waits for a server while watching the client: a client that disconnects leaves the
-/// queue at once (dropping the acquire future is cancel-safe).
-async fn acquire_watching(client: &mut ClientConn, tx: &mut TxTracker, route: &Route) -> Result<ServerConn, Waited> {
+/// queue at once (dropping the acquire future is cancel-safe), and so does one whose
+/// wait is cancelled by a CancelRequest.
+async fn acquire_watching(
+    client: &mut ClientConn,
+    tx: &mut TxTracker,
+    route: &Route,
+    link: &ClientLink,
+) -> Result<ServerConn, Waited> {
     let acquire = route.pool.acquire();
     tokio::pin!(acquire);
+    let cancelled = link.queue_cancelled();
+    tokio::pin!(cancelled);
+    cancelled.as_mut().enable();
     loop {
+        if !link.still_waiting() {
+            return Err(Waited::Cancelled);
+        }
         let room = client.buf.len() < MAX_BUFFERED;
         if room {
             client.buf.reserve(READ_CHUNK);
         }
         tokio::select! {
             biased;
-            got = &mut acquire => return got.map_err(Waited::Pool),
+            got = &mut acquire => {
+                let server = got.map_err(Waited::Pool)?;
+                if link.try_link(server.backend_pid, server.backend_key, Arc::clone(&route.pool.target)) {
+                    return Ok(server);
+                }
+                // Cancelled in the same instant: the server was never used.
+                route.pool.release(server, true);
+                return Err(Waited::Cancelled);
+            }
+            _ = &mut cancelled => return Err(Waited::Cancelled),
             read = client.rd.read_buf(&mut client.buf), if room => match read {
                 Ok(0) | Err(_) => return Err(Waited::ClientGone),
                 Ok(_) => scan_client(client, tx).map_err(Waited::ClientError)?,
             },
         }
     }
+}
+
+/// Drops the request a cancel took out of the queue, and answers each Query/Sync in
+/// it with ReadyForQuery once the request is complete (an extended-protocol batch
+/// ends at its Sync), as PostgreSQL does after an error.
+async fn discard_cancelled(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(), Reason> {
+    let n = client.scan.forwardable();
+    client.buf.advance(n);
+    client.scan.consumed(n);
+    if tx.in_batch || !client.scan.at_boundary() || tx.pending_rfq == 0 {
+        return Ok(()); // wait for the rest of the request
+    }
+    let mut out = BytesMut::new();
+    for _ in 0..tx.pending_rfq {
+        backend::ready_for_query(&mut out, TxStatus::Idle);
+    }
+    tx.pending_rfq = 0;
+    tx.discard = false;
+    client.wr.write_all(&out).await.map_err(|_| "client unexpected eof")
 }
 
 impl ServerConn {

@@ -1,0 +1,199 @@
+//! Cancel requests.
+//!
+//! Each client is given a (pid, key) pair made by Sluice at login and registered here
+//! with a [`ClientLink`]: what the client is doing right now. A CancelRequest with a
+//! known key then:
+//! - for a client linked to a server: opens a short connection to that server and
+//!   sends the *server's* own key. Cancels never wait in the client queue and do not
+//!   count against pool sizes; they are bounded by their own semaphore.
+//! - for a client waiting in a pool's queue: takes it out of the queue; it gets
+//!   `ERROR 57014 canceling statement due to user request` and stays connected.
+//! - for an idle client, or an unknown key: nothing (as PostgreSQL does).
+//!
+//! A server is not released from a client while a cancel for it is in flight
+//! ([`ClientLink::unlink`] waits), so a cancel can never reach the next client's query.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, warn};
+
+use crate::server::ServerTarget;
+
+/// Cancels in flight at once, across all pools.
+const MAX_CANCELS_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Clone, Default)]
+enum State {
+    #[default]
+    Idle,
+    Waiting,
+    Linked {
+        pid: i32,
+        key: i32,
+        target: Arc<ServerTarget>,
+    },
+}
+
+/// What one client is doing, as far as cancelling it goes.
+#[derive(Default)]
+pub struct ClientLink {
+    state: Mutex<(State, bool)>,
+    /// Wakes a session waiting to unlink while a cancel is in flight.
+    cancel_done: Notify,
+    /// Wakes a session waiting in a queue whose wait was cancelled.
+    queue_cancelled: Notify,
+}
+
+impl ClientLink {
+    /// The client queues for a server.
+    pub fn waiting(&self) {
+        self.state.lock().0 = State::Waiting;
+    }
+
+    /// The client got a server. False if a cancel took it out of the queue first.
+    pub fn try_link(&self, pid: i32, key: i32, target: Arc<ServerTarget>) -> bool {
+        let mut s = self.state.lock();
+        if !matches!(s.0, State::Waiting) {
+            return false;
+        }
+        s.0 = State::Linked { pid, key, target };
+        true
+    }
+
+    /// The client is about to give its server back: waits for a cancel in flight.
+    pub async fn unlink(&self) {
+        loop {
+            let notified = self.cancel_done.notified();
+            {
+                let mut s = self.state.lock();
+                if !s.1 {
+                    s.0 = State::Idle;
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// A future that resolves when a cancel takes this client out of its queue.
+    /// Enable it before checking [`ClientLink::still_waiting`], so no wake-up is lost.
+    pub fn queue_cancelled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.queue_cancelled.notified()
+    }
+
+    pub fn still_waiting(&self) -> bool {
+        matches!(self.state.lock().0, State::Waiting)
+    }
+}
+
+/// Keys Sluice gave its clients.
+pub struct Registry {
+    clients: DashMap<(i32, i32), Arc<ClientLink>>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            clients: DashMap::new(),
+            in_flight: Arc::new(Semaphore::new(MAX_CANCELS_IN_FLIGHT)),
+        }
+    }
+}
+
+/// Removes a client's key when its session ends.
+pub struct Registration<'a> {
+    registry: &'a Registry,
+    pub pid: i32,
+    pub key: i32,
+    pub link: Arc<ClientLink>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.registry.clients.remove(&(self.pid, self.key));
+    }
+}
+
+impl Registry {
+    /// Gives a client a fresh, unused key.
+    pub fn register(&self) -> Registration<'_> {
+        loop {
+            let pid = rand::random::<i32>() & 0x7fff_ffff;
+            let key = rand::random::<i32>();
+            let link = Arc::new(ClientLink::default());
+            if let dashmap::Entry::Vacant(v) = self.clients.entry((pid, key)) {
+                v.insert(Arc::clone(&link));
+                return Registration {
+                    registry: self,
+                    pid,
+                    key,
+                    link,
+                };
+            }
+        }
+    }
+
+    /// Acts on a CancelRequest. Never fails towards the requester: like PostgreSQL,
+    /// Sluice answers a cancel by closing the connection.
+    pub async fn cancel(&self, pid: i32, key: i32, connect_timeout: Duration) {
+        let Some(link) = self.clients.get(&(pid, key)).map(|l| Arc::clone(&l)) else {
+            debug!(pid, "cancel request with an unknown key dropped");
+            return;
+        };
+        let linked = {
+            let mut s = link.state.lock();
+            match &s.0 {
+                State::Linked { pid, key, target } => {
+                    let found = (*pid, *key, Arc::clone(target));
+                    s.1 = true;
+                    Some(found)
+                }
+                State::Waiting => {
+                    s.0 = State::Idle;
+                    // notify_waiters stores no permit: a session that is not waiting
+                    // right now sees the state change instead (try_link fails).
+                    link.queue_cancelled.notify_waiters();
+                    None
+                }
+                State::Idle => None,
+            }
+        };
+        let Some((server_pid, server_key, target)) = linked else {
+            return;
+        };
+        let _slot = Arc::clone(&self.in_flight).acquire_owned().await;
+        match tokio::time::timeout(connect_timeout, send_cancel(&target, server_pid, server_key)).await {
+            Ok(Ok(())) => debug!(server_pid, "cancel sent to server"),
+            Ok(Err(e)) => warn!(server_pid, error = %e, "cancel request to server failed"),
+            Err(_) => warn!(server_pid, "cancel request to server timed out"),
+        }
+        link.state.lock().1 = false;
+        link.cancel_done.notify_waiters();
+    }
+}
+
+/// Sends a CancelRequest and waits until PostgreSQL closes the connection: by then it
+/// has signalled the backend.
+async fn send_cancel(target: &ServerTarget, pid: i32, key: i32) -> std::io::Result<()> {
+    let mut packet = BytesMut::with_capacity(16);
+    sluice_wire::startup::write_cancel_request(&mut packet, pid, key);
+    let mut sink = [0u8; 64];
+    if target.host.starts_with('/') {
+        let mut s = UnixStream::connect(target.describe()).await?;
+        s.write_all(&packet).await?;
+        while s.read(&mut sink).await? > 0 {}
+    } else {
+        let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        s.write_all(&packet).await?;
+        while s.read(&mut sink).await? > 0 {}
+    }
+    Ok(())
+}

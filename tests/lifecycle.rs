@@ -1,0 +1,142 @@
+//! Lifecycle: cancel requests (and, as they land, timeouts, failures, reload, shutdown).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use support::*;
+use tokio_postgres::NoTls;
+
+const CANCELED: &str = "57014";
+
+/// Runs `sql` on `c` in the background; resolves to (SQLSTATE or "ok", elapsed).
+fn run_bg(
+    c: tokio_postgres::Client,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<(String, Duration, tokio_postgres::Client)> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let r = c.batch_execute(sql).await;
+        let code = match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => db_error(&e).0,
+        };
+        (code, started.elapsed(), c)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_only_that_clients_query_even_with_the_pool_saturated() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 2",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let a = connect(&s.url(u, p, "app")).await?;
+    let b = connect(&s.url(u, p, "app")).await?;
+    let c = connect(&s.url(u, p, "app")).await?;
+    let a_cancel = a.cancel_token();
+    // A and B hold both servers; C waits in the queue: the pool is saturated.
+    let a_run = run_bg(a, "SELECT pg_sleep(10)");
+    let b_run = run_bg(b, "SELECT pg_sleep(2)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c_run = run_bg(c, "SELECT 1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    a_cancel.cancel_query(NoTls).await?;
+    let (code, _, a) = a_run.await?;
+    assert_eq!(code, CANCELED);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    // The queued client got A's server; B's query was not touched.
+    let (code, _, _) = c_run.await?;
+    assert_eq!(code, "ok");
+    let (code, took, _) = b_run.await?;
+    assert_eq!(code, "ok", "B's query must not be cancelled");
+    assert!(took >= Duration::from_secs(2));
+    // A's session goes on.
+    assert_eq!(a.query_one("SELECT 9", &[]).await?.get::<_, i32>(0), 9);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_takes_a_waiting_client_out_of_the_queue() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 30",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let holder = connect(&s.url(u, p, "app")).await?;
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+    let waiter = connect(&s.url(u, p, "app")).await?;
+    let token = waiter.cancel_token();
+    let waiting = run_bg(waiter, "SELECT 1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    token.cancel_query(NoTls).await?;
+    let (code, _, waiter) = waiting.await?;
+    assert_eq!(code, CANCELED);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Still connected: once the holder commits, the same client is served.
+    holder.batch_execute("COMMIT").await?;
+    assert_eq!(waiter.query_one("SELECT 2", &[]).await?.get::<_, i32>(0), 2);
+    // Extended protocol while waiting: the whole batch is dropped up to its Sync.
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+    let token = waiter.cancel_token();
+    let q = tokio::spawn(async move {
+        let r = waiter
+            .query_typed("SELECT $1::int", &[(&5i32, tokio_postgres::types::Type::INT4)])
+            .await;
+        (r.map(|rows| rows.len()).map_err(|e| db_error(&e).0), waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await?;
+    let (r, waiter) = q.await?;
+    assert_eq!(r, Err(CANCELED.to_owned()));
+    holder.batch_execute("COMMIT").await?;
+    let rows = waiter
+        .query_typed("SELECT $1::int", &[(&6i32, tokio_postgres::types::Type::INT4)])
+        .await?;
+    assert_eq!(rows[0].get::<_, i32>(0), 6);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_for_an_idle_client_or_unknown_key_touches_nobody() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let idle = connect(&s.url(u, p, "app")).await?;
+    let busy = connect(&s.url(u, p, "app")).await?;
+    // busy runs on the pool's only server; cancelling the idle client must not hit it.
+    let run = run_bg(busy, "SELECT pg_sleep(1)");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    idle.cancel_token().cancel_query(NoTls).await?;
+    // A made-up key, straight on the wire.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await?;
+        raw.write_all(&[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 0, 0, 0, 2])
+            .await?;
+        let mut buf = [0u8; 8];
+        assert_eq!(raw.read(&mut buf).await?, 0, "closed without an answer");
+    }
+    let (code, took, _) = run.await?;
+    assert_eq!(code, "ok");
+    assert!(took >= Duration::from_secs(1));
+    assert_eq!(idle.query_one("SELECT 3", &[]).await?.get::<_, i32>(0), 3);
+    Ok(())
+}
