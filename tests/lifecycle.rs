@@ -96,7 +96,17 @@ async fn cancel_takes_a_waiting_client_out_of_the_queue() -> Result<()> {
         let r = waiter
             .query_typed("SELECT $1::int", &[(&5i32, tokio_postgres::types::Type::INT4)])
             .await;
-        (r.map(|rows| rows.len()).map_err(|e| db_error(&e).0), waiter)
+        (
+            r.map(|rows| rows.len()).map_err(|e| {
+                let (c, m) = db_error(&e);
+                if c.is_empty() {
+                    m
+                } else {
+                    c
+                }
+            }),
+            waiter,
+        )
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(NoTls).await?;
@@ -138,5 +148,66 @@ async fn cancel_for_an_idle_client_or_unknown_key_touches_nobody() -> Result<()>
     assert_eq!(code, "ok");
     assert!(took >= Duration::from_secs(1));
     assert_eq!(idle.query_one("SELECT 3", &[]).await?.get::<_, i32>(0), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_cancel_answers_every_pipelined_request_in_order() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let holder = connect(&s.url(TRUST_USER.0, "any", "app")).await?;
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+
+    // Two requests, as drivers pipeline them: a Close + Sync (tokio-postgres sends one
+    // when a statement is dropped), then Parse/Bind/Execute + Sync.
+    let (mut c, (pid, key)) = raw_login_keyed(s.port).await?;
+    let mut out = bytes::BytesMut::new();
+    message(&mut out, b'C', b"Snope\0");
+    message(&mut out, b'S', b"");
+    message(&mut out, b'P', b"\0SELECT 1\0\0\0");
+    message(&mut out, b'B', b"\0\0\0\0\0\0\0\0");
+    message(&mut out, b'E', b"\0\0\0\0\0");
+    message(&mut out, b'S', b"");
+    c.write_all(&out).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut cancel = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await?;
+    let mut req = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    req.extend(pid.to_be_bytes());
+    req.extend(key.to_be_bytes());
+    cancel.write_all(&req).await?;
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(2), read_message(&mut c)).await??;
+        seen.push(match tag {
+            b'E' => format!("E{}", error_field(&body, b'C')),
+            t => (t as char).to_string(),
+        });
+    }
+    assert_eq!(seen, ["E57014", "Z", "E57014", "Z"]);
+
+    // The connection goes on once a server is free.
+    holder.batch_execute("COMMIT").await?;
+    let mut out = bytes::BytesMut::new();
+    message(&mut out, b'Q', b"SELECT 42\0");
+    c.write_all(&out).await?;
+    let mut tags = Vec::new();
+    loop {
+        let (tag, body) = read_message(&mut c).await?;
+        tags.push(tag);
+        if tag == b'D' {
+            assert!(body.ends_with(b"42"));
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags, b"TDCZ");
     Ok(())
 }

@@ -7,49 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use rand::{Rng, SeedableRng};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn startup_packet(version: u32, params: &[(&str, &str)]) -> BytesMut {
-    let mut body = BytesMut::new();
-    body.put_u32(version);
-    for (k, v) in params {
-        body.put_slice(k.as_bytes());
-        body.put_u8(0);
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32 + 4);
-    out.put_slice(&body);
-    out
-}
-
-/// Reads one tagged message: (tag, body).
-async fn read_message(s: &mut TcpStream) -> Result<(u8, Vec<u8>)> {
-    let tag = s.read_u8().await?;
-    let len = s.read_u32().await? as usize;
-    let mut body = vec![0; len.saturating_sub(4)];
-    s.read_exact(&mut body).await?;
-    Ok((tag, body))
-}
-
-/// Field `code` ('C', 'M', ...) of an ErrorResponse body.
-fn error_field(body: &[u8], code: u8) -> String {
-    let mut rest = body;
-    while let Some((&t, tail)) = rest.split_first() {
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        if t == code {
-            return String::from_utf8_lossy(&tail[..end]).into_owned();
-        }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
-    }
-    String::new()
-}
 
 /// Reads until the server closes; returns everything it sent. Fails after `within`.
 async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<u8>> {
@@ -61,21 +23,6 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<u8
             Err(_) => bail!("connection still open after {within:?}"),
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(all),
             Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Logs in as trust_user on a raw socket and reads up to ReadyForQuery.
-async fn raw_login(port: u16) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(&startup_packet(3 << 16, &[("user", TRUST_USER.0), ("database", "app")]))
-        .await?;
-    loop {
-        let (tag, body) = read_message(&mut s).await?;
-        match tag {
-            b'Z' => return Ok(s),
-            b'E' => bail!("login failed: {}", error_field(&body, b'M')),
-            _ => {}
         }
     }
 }
@@ -168,7 +115,7 @@ async fn bad_input_is_refused_at_once_and_never_disturbs_other_clients() -> Resu
     // rolled back (its server closed), nothing leaks into the pool.
     let mut c = raw_login(port).await?;
     let mut q = BytesMut::new();
-    sluice_wire_query("BEGIN; INSERT INTO items VALUES (777, 'half')", &mut q);
+    message(&mut q, b'Q', b"BEGIN; INSERT INTO items VALUES (777, 'half')\0");
     c.write_all(&q).await?;
     loop {
         if read_message(&mut c).await?.0 == b'Z' {
@@ -193,13 +140,6 @@ async fn bad_input_is_refused_at_once_and_never_disturbs_other_clients() -> Resu
     );
     assert!(!s.log().contains("panicked"), "{}", s.log());
     Ok(())
-}
-
-fn sluice_wire_query(sql: &str, out: &mut BytesMut) {
-    out.put_u8(b'Q');
-    out.put_u32((sql.len() + 5) as u32);
-    out.put_slice(sql.as_bytes());
-    out.put_u8(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

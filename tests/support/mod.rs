@@ -214,3 +214,81 @@ pub fn refused<T, E>(r: Result<T, E>, what: &str) -> E {
         Err(e) => e,
     }
 }
+
+// --- Raw protocol helpers, for what no driver will send ---
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream as AsyncTcpStream;
+
+pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_u32(version);
+    for (k, v) in params {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::new();
+    out.put_u32(body.len() as u32 + 4);
+    out.put_slice(&body);
+    out
+}
+
+/// Reads one tagged message: (tag, body).
+pub async fn read_message(s: &mut AsyncTcpStream) -> Result<(u8, Vec<u8>)> {
+    let tag = s.read_u8().await?;
+    let len = s.read_u32().await? as usize;
+    let mut body = vec![0; len.saturating_sub(4)];
+    s.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// Field `code` ('C', 'M', ...) of an ErrorResponse body.
+pub fn error_field(body: &[u8], code: u8) -> String {
+    let mut rest = body;
+    while let Some((&t, tail)) = rest.split_first() {
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if t == code {
+            return String::from_utf8_lossy(&tail[..end]).into_owned();
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    String::new()
+}
+
+/// Logs in as trust_user on a raw socket and reads up to ReadyForQuery.
+pub async fn raw_login(port: u16) -> Result<AsyncTcpStream> {
+    Ok(raw_login_keyed(port).await?.0)
+}
+
+/// Like [`raw_login`], also returning the cancel key (pid, key) Sluice gave.
+pub async fn raw_login_keyed(port: u16) -> Result<(AsyncTcpStream, (i32, i32))> {
+    let mut s = AsyncTcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(&startup_packet(3 << 16, &[("user", TRUST_USER.0), ("database", "app")]))
+        .await?;
+    let mut key = (0, 0);
+    loop {
+        let (tag, body) = read_message(&mut s).await?;
+        match tag {
+            b'K' if body.len() == 8 => {
+                key = (
+                    i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                )
+            }
+            b'Z' => return Ok((s, key)),
+            b'E' => anyhow::bail!("login failed: {}", error_field(&body, b'M')),
+            _ => {}
+        }
+    }
+}
+
+/// Appends one tagged message.
+pub fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.put_u8(tag);
+    out.put_u32(body.len() as u32 + 4);
+    out.put_slice(body);
+}

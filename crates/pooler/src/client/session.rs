@@ -78,9 +78,17 @@ impl From<FrameError> for ScanError {
 impl ScanHandler for ClientSide<'_> {
     type Error = ScanError;
 
+    fn message(&mut self, _: Header, _: &[u8]) -> Result<Visit, ScanError> {
+        Ok(Visit::StopAfter)
+    }
+
     #[inline]
     fn header(&mut self, h: Header) -> Result<OnHeader, ScanError> {
         let tx = &mut *self.0;
+        if tx.discard && !tx.in_batch {
+            // The cancelled request is complete; what follows is a new one.
+            return Ok(OnHeader::StopBefore);
+        }
         match h.tag {
             TERMINATE => {
                 tx.terminate = true;
@@ -90,6 +98,10 @@ impl ScanHandler for ClientSide<'_> {
                 tx.pending_rfq += 1;
                 if t == frontend::SYNC {
                     tx.in_batch = false;
+                    if tx.discard {
+                        // End of the cancelled batch: stop right after its Sync.
+                        return Ok(OnHeader::Decode);
+                    }
                 }
             }
             t if frontend::opens_extended_batch(t) => tx.in_batch = true,
@@ -319,19 +331,11 @@ pub async fn run(client: &mut ClientConn, route: &Route, link: &ClientLink) -> R
         let mut server = match acquire_watching(client, &mut tx, route, link).await {
             Ok(s) => s,
             Err(Waited::Cancelled) => {
-                let e = ClientError {
-                    severity: sluice_wire::backend::Severity::Error,
-                    ..ClientError::fatal(
-                        sluice_wire::sqlstate::QUERY_CANCELED,
-                        "canceling statement due to user request",
-                    )
-                };
-                let mut out = BytesMut::new();
-                e.write(&mut out);
-                if client.wr.write_all(&out).await.is_err() {
-                    return "client unexpected eof";
-                }
+                debug!(pending = tx.pending_rfq, in_batch = tx.in_batch, "wait cancelled");
                 tx.discard = true;
+                if let Err(reason) = discard_cancelled(client, &mut tx).await {
+                    return reason;
+                }
                 continue;
             }
             Err(Waited::ClientGone) => return "client unexpected eof",
@@ -461,22 +465,34 @@ async fn acquire_watching(
     }
 }
 
-/// Drops the request a cancel took out of the queue, and answers each Query/Sync in
-/// it with ReadyForQuery once the request is complete (an extended-protocol batch
-/// ends at its Sync), as PostgreSQL does after an error.
+/// Drops what a cancel took out of the queue: every request the client had sent
+/// (each ending in a Query or a Sync) is answered with `ERROR 57014` and
+/// ReadyForQuery, as PostgreSQL answers each request of a pipeline; a request still
+/// arriving is dropped up to its end, and nothing sent after it is touched.
 async fn discard_cancelled(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(), Reason> {
     let n = client.scan.forwardable();
     client.buf.advance(n);
     client.scan.consumed(n);
-    if tx.in_batch || !client.scan.at_boundary() || tx.pending_rfq == 0 {
-        return Ok(()); // wait for the rest of the request
-    }
     let mut out = BytesMut::new();
+    let cancelled = ClientError {
+        severity: sluice_wire::backend::Severity::Error,
+        ..ClientError::fatal(
+            sluice_wire::sqlstate::QUERY_CANCELED,
+            "canceling statement due to user request",
+        )
+    };
     for _ in 0..tx.pending_rfq {
+        cancelled.write(&mut out);
         backend::ready_for_query(&mut out, TxStatus::Idle);
     }
+    debug!(requests = tx.pending_rfq, "cancelled requests dropped");
     tx.pending_rfq = 0;
-    tx.discard = false;
+    if !tx.in_batch && client.scan.at_boundary() {
+        tx.discard = false;
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
     client.wr.write_all(&out).await.map_err(|_| "client unexpected eof")
 }
 
