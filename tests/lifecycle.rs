@@ -211,3 +211,111 @@ async fn a_queue_cancel_answers_every_pipelined_request_in_order() -> Result<()>
     assert_eq!(tags, b"TDCZ");
     Ok(())
 }
+
+/// True when nothing accepts connections on the port any more.
+async fn refuses_connections(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_lets_open_transactions_commit_then_exits() -> Result<()> {
+    let pg = postgres()?;
+    let mut s = Sluice::start(&pg, "auth_type = \"md5\"\npool_mode = \"transaction\"", "")?;
+    let (u, p) = SCRAM_USER;
+    let in_tx = connect(&s.url(u, p, "app")).await?;
+    let idle = connect(&s.url(u, p, "app")).await?;
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO items VALUES (901, 'before SIGINT')")
+        .await?;
+
+    s.signal("INT")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.wait_exit(Duration::ZERO)?.is_none(),
+        "still running: a transaction is open"
+    );
+    assert!(refuses_connections(s.port).await, "no new connections during shutdown");
+    // A client that wants a new transaction is told why it cannot have one.
+    let e = refused(
+        idle.batch_execute("SELECT 1").await,
+        "no new transactions during SIGINT shutdown",
+    );
+    assert_eq!(db_error(&e), ("57P01".to_owned(), "pooler is shutting down".to_owned()));
+    // The open transaction finishes normally.
+    in_tx
+        .batch_execute("INSERT INTO items VALUES (902, 'during SIGINT'); COMMIT")
+        .await?;
+    let status = s
+        .wait_exit(Duration::from_secs(3))?
+        .expect("exits once no server is linked");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        pg.psql("app", "SELECT count(*) FROM items WHERE id IN (901, 902)")?,
+        "2"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_clients_to_leave() -> Result<()> {
+    let pg = postgres()?;
+    let mut s = Sluice::start(&pg, "auth_type = \"md5\"\npool_mode = \"transaction\"", "")?;
+    let (u, p) = SCRAM_USER;
+    let c = connect(&s.url(u, p, "app")).await?;
+    s.signal("TERM")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(refuses_connections(s.port).await);
+    // Connected clients keep working until they leave.
+    assert_eq!(c.query_one("SELECT 1", &[]).await?.get::<_, i32>(0), 1);
+    assert!(s.wait_exit(Duration::from_millis(300))?.is_none());
+    drop(c);
+    let status = s
+        .wait_exit(Duration::from_secs(3))?
+        .expect("exits when the last client leaves");
+    assert!(status.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_exits_at_once_and_postgres_rolls_back() -> Result<()> {
+    let pg = postgres()?;
+    let mut s = Sluice::start(&pg, "auth_type = \"md5\"\npool_mode = \"transaction\"", "")?;
+    let (u, p) = SCRAM_USER;
+    let c = connect(&s.url(u, p, "app")).await?;
+    c.batch_execute("BEGIN; INSERT INTO items VALUES (903, 'never committed')")
+        .await?;
+    s.signal("QUIT")?;
+    assert!(s.wait_exit(Duration::from_secs(1))?.is_some(), "SIGQUIT exits at once");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&pg, u, "app")? > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM items WHERE id = 903")?, "0");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_shortens_the_wait() -> Result<()> {
+    let pg = postgres()?;
+    let mut s = Sluice::start(&pg, "auth_type = \"md5\"\npool_mode = \"transaction\"", "")?;
+    let (u, p) = SCRAM_USER;
+    let _stays = connect(&s.url(u, p, "app")).await?;
+    let in_tx = connect(&s.url(u, p, "app")).await?;
+    in_tx.batch_execute("BEGIN; SELECT 1").await?;
+    s.signal("TERM")?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        s.wait_exit(Duration::ZERO)?.is_none(),
+        "TERM waits for the connected clients"
+    );
+    // TERM again: now only transactions in flight are waited for.
+    s.signal("TERM")?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.wait_exit(Duration::ZERO)?.is_none(), "a transaction is still open");
+    in_tx.batch_execute("COMMIT").await?;
+    assert!(
+        s.wait_exit(Duration::from_secs(3))?.is_some(),
+        "exits although a client is still connected"
+    );
+    Ok(())
+}

@@ -138,6 +138,33 @@ impl Sluice {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
 
+    /// Sends a signal (`"INT"`, `"TERM"`, `"QUIT"`, `"HUP"`) to the process.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("not running")?.id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -{sig} {pid} failed");
+        Ok(())
+    }
+
+    /// Waits up to `within` for the process to exit; returns its status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().context("not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={user} password={password} dbname={db}",

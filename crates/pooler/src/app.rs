@@ -14,6 +14,7 @@ use crate::config::{self, seconds, Config, Loaded, PoolMode};
 use crate::errors::ClientError;
 use crate::pool::{Pool, PoolSettings};
 use crate::server::ServerTarget;
+use crate::shutdown::Shutdown;
 
 /// Startup parameters every client may send: forwarded or handled by Sluice.
 pub const KNOWN_STARTUP_PARAMETERS: &[&str] = &[
@@ -51,6 +52,8 @@ pub struct App {
     pub clients: AtomicUsize,
     /// Cancel keys given to clients.
     pub cancels: cancel::Registry,
+    /// How far a shutdown has gone; listeners and sessions watch it.
+    pub shutdown: tokio::sync::watch::Sender<Shutdown>,
     next_client_id: AtomicU64,
     ignored_startup_parameters: Vec<String>,
 }
@@ -80,6 +83,7 @@ impl App {
             user_limits: DashMap::new(),
             clients: AtomicUsize::new(0),
             cancels: cancel::Registry::default(),
+            shutdown: tokio::sync::watch::Sender::new(Shutdown::Running),
             next_client_id: AtomicU64::new(1),
             ignored_startup_parameters,
         })
@@ -191,6 +195,15 @@ impl App {
             .or_insert_with(|| Pool::new(db.to_owned(), server_user, target, settings, limits))
             .clone();
         Ok(Route { pool, mode })
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Servers linked to clients right now, across all pools.
+    pub fn linked_servers(&self) -> usize {
+        self.pools.iter().map(|p| p.counts().active).sum()
     }
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod listener;
 pub mod pool;
 pub mod server;
+pub mod shutdown;
 pub mod stream;
 
 use std::sync::Arc;

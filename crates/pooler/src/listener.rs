@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::app::App;
 use crate::client;
 use crate::config::{self, Config};
+use crate::shutdown::Shutdown;
 use crate::stream::{tune_tcp, Stream};
 
 pub struct Listeners {
@@ -70,35 +71,52 @@ impl Listeners {
         Ok(Listeners { tcp, unix })
     }
 
-    /// Accepts connections forever, one task per client.
+    /// Accepts connections, one task per client, until a shutdown starts: then the
+    /// listening sockets close (new connections are refused at once).
     pub fn spawn(self, app: Arc<App>) {
         for l in self.tcp {
             let app = Arc::clone(&app);
             tokio::spawn(async move {
+                let mut shutdown = app.shutdown.subscribe();
                 loop {
-                    match l.accept().await {
-                        Ok((s, peer)) => {
-                            tune_tcp(&s, app.config.tcp_keepalive);
-                            tokio::spawn(client::serve(Arc::clone(&app), Stream::Tcp(s), peer.to_string()));
-                        }
-                        Err(e) => accept_error(e).await,
+                    tokio::select! {
+                        accepted = l.accept() => match accepted {
+                            Ok((s, peer)) => {
+                                tune_tcp(&s, app.config.tcp_keepalive);
+                                tokio::spawn(client::serve(Arc::clone(&app), Stream::Tcp(s), peer.to_string()));
+                            }
+                            Err(e) => accept_error(e).await,
+                        },
+                        _ = until(&mut shutdown, Shutdown::stops_accepting) => return,
                     }
                 }
             });
         }
-        if let Some((l, _path)) = self.unix {
+        if let Some((l, path)) = self.unix {
             tokio::spawn(async move {
+                let mut shutdown = app.shutdown.subscribe();
                 loop {
-                    match l.accept().await {
-                        Ok((s, _)) => {
-                            tokio::spawn(client::serve(Arc::clone(&app), Stream::Unix(s), "unix".into()));
+                    tokio::select! {
+                        accepted = l.accept() => match accepted {
+                            Ok((s, _)) => {
+                                tokio::spawn(client::serve(Arc::clone(&app), Stream::Unix(s), "unix".into()));
+                            }
+                            Err(e) => accept_error(e).await,
+                        },
+                        _ = until(&mut shutdown, Shutdown::stops_accepting) => {
+                            let _ = std::fs::remove_file(&path);
+                            return;
                         }
-                        Err(e) => accept_error(e).await,
                     }
                 }
             });
         }
     }
+}
+
+/// Resolves once the shutdown state satisfies `cond` (or the sender is gone).
+pub async fn until(rx: &mut tokio::sync::watch::Receiver<Shutdown>, cond: fn(Shutdown) -> bool) {
+    let _ = rx.wait_for(|s| cond(*s)).await.map(|_| ());
 }
 
 /// EMFILE and friends: back off instead of spinning.

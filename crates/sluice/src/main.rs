@@ -107,15 +107,10 @@ fn serve(loaded: Loaded) -> Result<()> {
         .thread_name("sluice")
         .build()?;
     runtime.block_on(async move {
-        let _app = sluice_pooler::start(&loaded).await?;
+        let app = sluice_pooler::start(&loaded).await?;
         info!(config = %loaded.path.display(), version = env!("CARGO_PKG_VERSION"), "sluice started");
-        wait_for_shutdown_signal().await?;
-        info!("shutting down");
-        if !loaded.config.unix_socket_dir.is_empty() {
-            let sock =
-                Path::new(&loaded.config.unix_socket_dir).join(format!(".s.PGSQL.{}", loaded.config.listen_port));
-            let _ = std::fs::remove_file(sock);
-        }
+        sluice_pooler::shutdown::run_until_shutdown(&app).await?;
+        remove_unix_socket(&loaded.config);
         Ok(())
     })
 }
@@ -127,7 +122,7 @@ fn remove_unix_socket(c: &config::Config) {
     }
 }
 
-/// SIGTERM, SIGINT or SIGQUIT. (Graceful shutdown semantics come with the lifecycle work.)
+/// SIGTERM, SIGINT or SIGQUIT: the demo stops at once on any of them.
 async fn wait_for_shutdown_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;

@@ -78,7 +78,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
                 return;
             }
         };
-        let reason = session::run(&mut client, &route, &registration.link).await;
+        let reason = session::run(&mut client, &route, &registration.link, app.shutdown.subscribe()).await;
         if app.config.log_disconnections {
             info!(db = %route.pool.db, user = %route.pool.user, "closing because: {reason}");
         }

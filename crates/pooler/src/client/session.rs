@@ -28,9 +28,12 @@ use crate::app::Route;
 use crate::cancel::ClientLink;
 use crate::config::PoolMode;
 use crate::errors::ClientError;
+use crate::listener::until;
 use crate::pool::AcquireError;
 use crate::server::ServerConn;
+use crate::shutdown::Shutdown;
 use crate::stream::{ReadHalf, WriteHalf};
+use tokio::sync::watch;
 
 /// Room made before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -294,7 +297,12 @@ impl Link<'_> {
 pub type Reason = &'static str;
 
 /// Runs a logged-in client until it leaves. Returns the reason, for the log.
-pub async fn run(client: &mut ClientConn, route: &Route, link: &ClientLink) -> Reason {
+pub async fn run(
+    client: &mut ClientConn,
+    route: &Route,
+    link: &ClientLink,
+    mut shutdown: watch::Receiver<Shutdown>,
+) -> Reason {
     let mut tx = TxTracker {
         pending_rfq: 0,
         in_batch: false,
@@ -327,8 +335,12 @@ pub async fn run(client: &mut ClientConn, route: &Route, link: &ClientLink) -> R
             }
         }
 
+        if shutdown.borrow().stops_transactions() {
+            send_error(client, &shutting_down()).await;
+            return "pooler shutdown";
+        }
         link.waiting();
-        let mut server = match acquire_watching(client, &mut tx, route, link).await {
+        let mut server = match acquire_watching(client, &mut tx, route, link, &mut shutdown).await {
             Ok(s) => s,
             Err(Waited::Cancelled) => {
                 debug!(pending = tx.pending_rfq, in_batch = tx.in_batch, "wait cancelled");
@@ -339,6 +351,10 @@ pub async fn run(client: &mut ClientConn, route: &Route, link: &ClientLink) -> R
                 continue;
             }
             Err(Waited::ClientGone) => return "client unexpected eof",
+            Err(Waited::Shutdown) => {
+                send_error(client, &shutting_down()).await;
+                return "pooler shutdown";
+            }
             Err(Waited::ClientError(e)) => {
                 send_error(client, &e).await;
                 return "client protocol error";
@@ -415,9 +431,17 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool) {
     }
 }
 
+/// What a client that wants a new transaction is told during a shutdown.
+fn shutting_down() -> ClientError {
+    ClientError::fatal(sluice_wire::sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down")
+        .hint("transactions in flight were allowed to finish; reconnect to reach the next pooler instance")
+}
+
 enum Waited {
     /// A CancelRequest took the client out of the queue.
     Cancelled,
+    /// The pooler stops starting transactions.
+    Shutdown,
     ClientGone,
     ClientError(ClientError),
     Pool(AcquireError),
@@ -431,6 +455,7 @@ async fn acquire_watching(
     tx: &mut TxTracker,
     route: &Route,
     link: &ClientLink,
+    shutdown: &mut watch::Receiver<Shutdown>,
 ) -> Result<ServerConn, Waited> {
     let acquire = route.pool.acquire();
     tokio::pin!(acquire);
@@ -457,6 +482,7 @@ async fn acquire_watching(
                 return Err(Waited::Cancelled);
             }
             _ = &mut cancelled => return Err(Waited::Cancelled),
+            _ = until(shutdown, Shutdown::stops_transactions) => return Err(Waited::Shutdown),
             read = client.rd.read_buf(&mut client.buf), if room => match read {
                 Ok(0) | Err(_) => return Err(Waited::ClientGone),
                 Ok(_) => scan_client(client, tx).map_err(Waited::ClientError)?,
