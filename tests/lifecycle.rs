@@ -319,3 +319,119 @@ async fn a_second_signal_shortens_the_wait() -> Result<()> {
     );
     Ok(())
 }
+
+async fn show(c: &tokio_postgres::Client, setting: &str) -> Result<String> {
+    let msgs = c.simple_query(&format!("SHOW {setting}")).await?;
+    Ok(msgs
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_sets_never_leak_and_follow_their_client() -> Result<()> {
+    let pg = postgres()?;
+    // One server shared by two clients: anything left on it would reach the other.
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let a = connect(&s.url(u, p, "app")).await?;
+    let b = connect(&s.url(u, p, "app")).await?;
+    a.batch_execute("SET statement_timeout = '700ms'").await?;
+    a.batch_execute("SET search_path = nowhere").await?;
+
+    // B shares the server and sees the defaults.
+    assert_eq!(show(&b, "statement_timeout").await?, "0");
+    assert_eq!(show(&b, "search_path").await?, "\"$user\", public");
+    assert_eq!(
+        b.query_one("SELECT count(*) FROM items", &[]).await?.get::<_, i64>(0),
+        100
+    );
+    let took = Instant::now();
+    b.batch_execute("SELECT pg_sleep(1)").await?;
+    assert!(took.elapsed() >= Duration::from_secs(1));
+
+    // A's settings keep applying to A's later transactions.
+    assert_eq!(show(&a, "statement_timeout").await?, "700ms");
+    let e = refused(
+        a.batch_execute("SELECT pg_sleep(2)").await,
+        "A's statement_timeout applies",
+    );
+    assert_eq!(db_error(&e).0, "57014");
+    assert_eq!(
+        db_error(&refused(a.batch_execute("SELECT * FROM items").await, "search_path")).0,
+        "42P01"
+    );
+    a.batch_execute("RESET search_path").await?;
+    assert_eq!(
+        a.query_one("SELECT count(*) FROM items", &[]).await?.get::<_, i64>(0),
+        100
+    );
+
+    // A SET in a rolled-back transaction is gone, as in PostgreSQL; a committed one stays.
+    a.batch_execute("BEGIN; SET work_mem = '1MB'; ROLLBACK").await?;
+    assert_eq!(show(&a, "work_mem").await?, "4MB");
+    a.batch_execute("BEGIN; SET work_mem = '2MB'; COMMIT").await?;
+    assert_eq!(show(&a, "work_mem").await?, "2MB");
+    assert_eq!(show(&b, "work_mem").await?, "4MB");
+    a.batch_execute("RESET ALL").await?;
+    assert_eq!(show(&a, "statement_timeout").await?, "0");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_settings_and_application_name_follow_each_client() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let a = connect(&format!("{} application_name=alpha", s.url(u, p, "app"))).await?;
+    let b = connect(&format!("{} application_name=beta", s.url(u, p, "app"))).await?;
+    let own_name = "SELECT application_name::text FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    for _ in 0..3 {
+        assert_eq!(a.query_one(own_name, &[]).await?.get::<_, String>(0), "alpha");
+        assert_eq!(b.query_one(own_name, &[]).await?.get::<_, String>(0), "beta");
+    }
+    let default_tz = show(&b, "TimeZone").await?;
+    a.batch_execute("SET TIME ZONE 'Asia/Tokyo'").await?;
+    assert_eq!(show(&b, "TimeZone").await?, default_tz);
+    assert_eq!(show(&a, "TimeZone").await?, "Asia/Tokyo");
+    // Django's way: set_config on a reported setting, seen through ParameterStatus.
+    b.batch_execute("SELECT set_config('TimeZone', 'America/Lima', false)")
+        .await?;
+    assert_eq!(show(&a, "TimeZone").await?, "Asia/Tokyo");
+    assert_eq!(show(&b, "TimeZone").await?, "America/Lima");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_apply_and_prepared_statements_survive_the_reset() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let a = connect(&format!("{} options='-c statement_timeout=1234'", s.url(u, p, "app"))).await?;
+    let b = connect(&s.url(u, p, "app")).await?;
+    assert_eq!(show(&a, "statement_timeout").await?, "1234ms");
+    assert_eq!(show(&b, "statement_timeout").await?, "0");
+    // A named statement prepared on the (only) server outlives the RESET ALL that
+    // follows every transaction of a client with session settings.
+    let st = a.prepare("SELECT $1::int + 1").await?;
+    for i in 0..3 {
+        assert_eq!(a.query_one(&st, &[&i]).await?.get::<_, i32>(0), i + 1);
+        assert_eq!(show(&b, "statement_timeout").await?, "0");
+    }
+    Ok(())
+}

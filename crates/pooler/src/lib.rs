@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod errors;
 pub mod listener;
+pub mod params;
 pub mod pool;
 pub mod server;
 pub mod shutdown;

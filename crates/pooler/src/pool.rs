@@ -51,8 +51,8 @@ pub enum AcquireError {
 
 type Delivery = Result<ServerConn, ConnectError>;
 
-/// ParameterStatus (name, value) pairs a client is shown at login.
-pub type Welcome = Arc<Vec<(String, String)>>;
+/// ParameterStatus values a client is shown at login (before its own settings).
+pub type Welcome = Arc<crate::params::ParamSet>;
 
 struct Waiter {
     id: u64,

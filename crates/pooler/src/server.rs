@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::params::ParamSet;
 use crate::stream::{tune_tcp, ReadHalf, Stream, WriteHalf};
 
 /// Where and as whom a pool logs in.
@@ -67,8 +68,8 @@ pub struct ServerConn {
     /// The server's own cancel key (clients get Sluice's keys instead).
     pub backend_pid: i32,
     pub backend_key: i32,
-    /// ParameterStatus values reported at login.
-    pub params: Vec<(String, String)>,
+    /// The server's current values of reported settings (login, then ParameterStatus).
+    pub params: ParamSet,
     /// Held while the connection exists: max_db_connections / max_user_connections.
     pub _permits: Vec<OwnedSemaphorePermit>,
 }
@@ -221,7 +222,7 @@ impl ServerConn {
             last_used: now,
             backend_pid: backend.0,
             backend_key: backend.1,
-            params: server_params,
+            params: server_params.into(),
             _permits: Vec::new(),
         })
     }

@@ -3,6 +3,7 @@
 
 mod session;
 mod startup;
+mod state;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use crate::app::{App, Route};
 use crate::auth::{self, Handshake};
 use crate::config::{seconds, AuthType};
 use crate::errors::ClientError;
+use crate::params;
 use crate::stream::{ReadHalf, Stream, WriteHalf};
+use state::SessionState;
 
 /// Bytes and halves of one client connection.
 pub struct ClientConn {
@@ -62,8 +65,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             }),
             None => login.await,
         };
-        let route = match login {
-            Ok(Some(route)) => route,
+        let (route, session) = match login {
+            Ok(Some(logged_in)) => logged_in,
             Ok(None) => return,
             // A connection closed before saying anything (port probes, health checks).
             Err(e) if e.message == startup::CLOSED_BEFORE_STARTUP => {
@@ -78,7 +81,14 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
                 return;
             }
         };
-        let reason = session::run(&mut client, &route, &registration.link, app.shutdown.subscribe()).await;
+        let reason = session::run(
+            &mut client,
+            &route,
+            &registration.link,
+            app.shutdown.subscribe(),
+            session,
+        )
+        .await;
         if app.config.log_disconnections {
             info!(db = %route.pool.db, user = %route.pool.user, "closing because: {reason}");
         }
@@ -93,7 +103,7 @@ async fn login(
     client: &mut ClientConn,
     connected: usize,
     (cancel_pid, cancel_key): (i32, i32),
-) -> Result<Option<Route>, ClientError> {
+) -> Result<Option<(Route, SessionState)>, ClientError> {
     let msg = match startup::read(client).await? {
         startup::Startup::Login(msg) => msg,
         startup::Startup::Cancel { pid, key } => {
@@ -147,9 +157,19 @@ async fn login(
     };
     route.pool.fill_min();
 
+    // The client's own settings from its startup packet win over the server's; its
+    // servers are brought in line before they run anything for it.
+    let mut desired = (*welcome).clone();
+    for (name, value) in &msg.params {
+        if let Some(canonical) = params::reported(name) {
+            desired.set(canonical, value);
+        }
+    }
+    let sets = msg.get("options").map(params::options_to_sets).unwrap_or_default();
+
     let mut out = BytesMut::with_capacity(512);
     backend::auth_ok(&mut out);
-    for (name, value) in welcome.iter() {
+    for (name, value) in desired.iter() {
         backend::parameter_status(&mut out, name, value);
     }
     // Sluice's own key: a client never learns a server's cancel key.
@@ -160,7 +180,7 @@ async fn login(
         .write_all(&out)
         .await
         .map_err(|e| ClientError::protocol(format!("client write failed: {e}")))?;
-    Ok(Some(route))
+    Ok(Some((route, SessionState::new(desired, sets))))
 }
 
 /// Best effort: the client may already be gone.

@@ -15,6 +15,9 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use sluice_wire::backend::{self, TxStatus, READY_FOR_QUERY};
+
+/// CommandComplete.
+const COMMAND_COMPLETE: u8 = b'C';
 use sluice_wire::frontend::{self, TERMINATE};
 use sluice_wire::{FrameError, Header, OnHeader, ScanHandler, Scanner, Visit};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,11 +27,13 @@ use tracing::debug;
 use super::{send_error, ClientConn};
 use std::sync::Arc;
 
+use super::state::SessionState;
 use crate::app::Route;
 use crate::cancel::ClientLink;
 use crate::config::PoolMode;
 use crate::errors::ClientError;
 use crate::listener::until;
+use crate::params::{self, ParamSet};
 use crate::pool::AcquireError;
 use crate::server::ServerConn;
 use crate::shutdown::Shutdown;
@@ -54,6 +59,8 @@ struct TxTracker {
     /// A cancel took the client out of the queue: its pending request is dropped
     /// and answered with ReadyForQuery once complete.
     discard: bool,
+    /// Session settings carried from server to server.
+    session: SessionState,
 }
 
 impl TxTracker {
@@ -81,8 +88,21 @@ impl From<FrameError> for ScanError {
 impl ScanHandler for ClientSide<'_> {
     type Error = ScanError;
 
-    fn message(&mut self, _: Header, _: &[u8]) -> Result<Visit, ScanError> {
-        Ok(Visit::StopAfter)
+    fn message(&mut self, h: Header, body: &[u8]) -> Result<Visit, ScanError> {
+        let tx = &mut *self.0;
+        match h.tag {
+            // The end of a cancelled batch.
+            frontend::SYNC => return Ok(Visit::StopAfter),
+            // A Query completes at the ReadyForQuery it was just counted for.
+            frontend::QUERY if !tx.discard => tx.session.saw_statement(cstr(body), tx.pending_rfq),
+            // Parse: statement name, then the query text; it completes at the next Sync.
+            frontend::PARSE if !tx.discard => {
+                let name_end = body.iter().position(|&b| b == 0).map_or(body.len(), |i| i + 1);
+                tx.session.saw_statement(cstr(&body[name_end..]), tx.pending_rfq + 1)
+            }
+            _ => {}
+        }
+        Ok(Visit::Continue)
     }
 
     #[inline]
@@ -115,13 +135,27 @@ impl ScanHandler for ClientSide<'_> {
                 ))))
             }
         }
+        // Short statement texts are looked at for SET/RESET; long ones stream through.
+        if matches!(h.tag, frontend::QUERY | frontend::PARSE) && h.len <= MAX_INSPECTED {
+            return Ok(OnHeader::Decode);
+        }
         Ok(OnHeader::Pass)
     }
 }
 
-/// Scans server bytes: decodes ReadyForQuery, passes everything else through.
+/// Statement texts up to this length are checked for session-state changes.
+const MAX_INSPECTED: u32 = 4096;
+
+/// The bytes of a NUL-terminated string at the start of `b`.
+fn cstr(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+}
+
+/// Scans server bytes: decodes ReadyForQuery and ParameterStatus (and, while a SET
+/// waits for its transaction to end, CommandComplete), passes everything else through.
 struct ServerSide<'a> {
     tx: &'a mut TxTracker,
+    server_params: &'a mut ParamSet,
     mode: PoolMode,
     client_at_boundary: bool,
     release: &'a mut bool,
@@ -132,10 +166,14 @@ impl ScanHandler for ServerSide<'_> {
 
     #[inline]
     fn header(&mut self, h: Header) -> Result<OnHeader, FrameError> {
-        Ok(if h.tag == READY_FOR_QUERY {
-            OnHeader::Decode
-        } else {
-            OnHeader::Pass
+        Ok(match h.tag {
+            READY_FOR_QUERY | backend::PARAMETER_STATUS => OnHeader::Decode,
+            backend::ERROR_RESPONSE => {
+                self.tx.session.failed();
+                OnHeader::Pass
+            }
+            COMMAND_COMPLETE if self.tx.session.has_pending() => OnHeader::Decode,
+            _ => OnHeader::Pass,
         })
     }
 
@@ -146,9 +184,21 @@ impl ScanHandler for ServerSide<'_> {
                 backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
             self.tx.status = status;
             self.tx.pending_rfq = self.tx.pending_rfq.saturating_sub(1);
+            if self.tx.session.has_pending() {
+                self.tx.session.ready_for_query(status);
+            }
             if self.mode != PoolMode::Session && self.tx.idle() && self.client_at_boundary {
                 *self.release = true;
             }
+        } else if h.tag == backend::PARAMETER_STATUS {
+            if let Some((name, value)) = backend::parse_parameter_status(body) {
+                self.server_params.set(name, value);
+                if params::reported(name).is_some() {
+                    self.tx.session.desired.set(name, value);
+                }
+            }
+        } else if h.tag == COMMAND_COMPLETE && body.starts_with(b"ROLLBACK") {
+            self.tx.session.failed();
         }
         Ok(Visit::Continue)
     }
@@ -186,6 +236,9 @@ struct Link<'a> {
     tx: &'a mut TxTracker,
     mode: PoolMode,
     release: bool,
+    /// ReadyForQuery messages still to come for Sluice's own sync query; everything up
+    /// to them is the server's answer to Sluice, not to the client.
+    swallow: u32,
 }
 
 /// What one non-blocking read or write did.
@@ -225,6 +278,33 @@ fn poll_fill(cx: &mut Context<'_>, rd: &mut ReadHalf, buf: &mut BytesMut) -> Io 
 }
 
 impl Link<'_> {
+    /// Drops the server's answer to Sluice's sync query from the front of the buffer,
+    /// keeping the server's parameter values up to date.
+    fn swallow_sync_answers(&mut self) {
+        while self.swallow > 0 {
+            let Some(h) = Header::peek(&self.server.buf) else {
+                return;
+            };
+            if self.server.buf.len() < h.total_len() || h.len < 4 {
+                return;
+            }
+            let msg = self.server.buf.split_to(h.total_len());
+            match h.tag {
+                backend::PARAMETER_STATUS => {
+                    if let Some((name, value)) = backend::parse_parameter_status(&msg[5..]) {
+                        self.server.params.set(name, value);
+                    }
+                }
+                backend::ERROR_RESPONSE => {
+                    let e = backend::parse_error_fields(&msg[5..]);
+                    tracing::warn!(code = %e.code, "bringing the server in line with the client failed: {}", e.message);
+                }
+                READY_FOR_QUERY => self.swallow -= 1,
+                _ => {}
+            }
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<LinkEnd> {
         loop {
             let mut progress = false;
@@ -257,8 +337,15 @@ impl Link<'_> {
                     Io::Closed => return Poll::Ready(LinkEnd::ServerGone),
                     Io::Moved => {
                         progress = true;
+                        if self.swallow > 0 {
+                            self.swallow_sync_answers();
+                        }
+                        if self.swallow > 0 {
+                            continue;
+                        }
                         let mut side = ServerSide {
                             tx: self.tx,
+                            server_params: &mut self.server.params,
                             mode: self.mode,
                             client_at_boundary: self.client.scan.at_boundary(),
                             release: &mut self.release,
@@ -302,6 +389,7 @@ pub async fn run(
     route: &Route,
     link: &ClientLink,
     mut shutdown: watch::Receiver<Shutdown>,
+    session: SessionState,
 ) -> Reason {
     let mut tx = TxTracker {
         pending_rfq: 0,
@@ -309,6 +397,7 @@ pub async fn run(
         status: TxStatus::Idle,
         terminate: false,
         discard: false,
+        session,
     };
     loop {
         // Idle: wait until the client sends something a server must see.
@@ -370,6 +459,26 @@ pub async fn run(
         };
         debug!(server = server.id, "linked");
 
+        // Bring the server in line with this client, pipelined before its first message.
+        let mut swallow = 0;
+        if let Some(sql) = tx.session.sync_query(&server.params) {
+            let mut out = BytesMut::new();
+            let _ = frontend::build::query(&sql, &mut out);
+            if server.wr.write_all(&out).await.is_err() {
+                link.unlink().await;
+                route.pool.release(server, false);
+                let e = ClientError::fatal(
+                    sluice_wire::sqlstate::CONNECTION_FAILURE,
+                    "server closed the connection unexpectedly",
+                );
+                send_error(client, &e).await;
+                return "server conn crashed?";
+            }
+            swallow = 1;
+            if !tx.session.sets.is_empty() {
+                tx.session.dirty = true;
+            }
+        }
         let end = {
             let mut link = Link {
                 client: &mut *client,
@@ -377,16 +486,23 @@ pub async fn run(
                 tx: &mut tx,
                 mode: route.mode,
                 release: false,
+                swallow,
             };
             poll_fn(|cx| link.poll(cx)).await
         };
         link.unlink().await;
         match end {
-            LinkEnd::Release => route.pool.release(server, true),
+            LinkEnd::Release => {
+                // Unreported settings changed on this server: back to its defaults
+                // (RESET ALL keeps prepared statements, unlike DISCARD ALL).
+                let ok = !tx.session.dirty || server.simple_query("RESET ALL").await.is_ok();
+                tx.session.dirty = false;
+                route.pool.release(server, ok);
+            }
             LinkEnd::Terminate | LinkEnd::ClientGone => {
                 let clean =
                     tx.idle() && client.scan.at_boundary() && server.buf.is_empty() && server.scan.at_boundary();
-                finish_server(route, server, clean).await;
+                finish_server(route, server, clean, tx.session.dirty).await;
                 return if matches!(end, LinkEnd::Terminate) {
                     "client close request"
                 } else {
@@ -418,17 +534,21 @@ pub async fn run(
 /// A client left while linked. In session mode the server is reset before reuse
 /// (`DISCARD ALL`); a server in the middle of anything is closed, which makes
 /// PostgreSQL roll back and free its locks at once.
-async fn finish_server(route: &Route, mut server: ServerConn, clean: bool) {
+async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty: bool) {
     if !clean {
         route.pool.release(server, false);
         return;
     }
-    if route.mode == PoolMode::Session {
-        let ok = server.simple_query("DISCARD ALL").await.is_ok();
-        route.pool.release(server, ok);
-    } else {
-        route.pool.release(server, true);
-    }
+    let reset = match route.mode {
+        PoolMode::Session => Some("DISCARD ALL"),
+        _ if dirty => Some("RESET ALL"),
+        _ => None,
+    };
+    let ok = match reset {
+        Some(sql) => server.simple_query(sql).await.is_ok(),
+        None => true,
+    };
+    route.pool.release(server, ok);
 }
 
 /// What a client that wants a new transaction is told during a shutdown.
@@ -513,6 +633,7 @@ async fn discard_cancelled(client: &mut ClientConn, tx: &mut TxTracker) -> Resul
     }
     debug!(requests = tx.pending_rfq, "cancelled requests dropped");
     tx.pending_rfq = 0;
+    tx.session.forget_pending();
     if !tx.in_batch && client.scan.at_boundary() {
         tx.discard = false;
     }
@@ -538,6 +659,11 @@ impl ServerConn {
                 let msg = self.buf.split_to(h.total_len());
                 match h.tag {
                     backend::ERROR_RESPONSE => failed = true,
+                    backend::PARAMETER_STATUS => {
+                        if let Some((name, value)) = backend::parse_parameter_status(&msg[5..]) {
+                            self.params.set(name, value);
+                        }
+                    }
                     READY_FOR_QUERY => {
                         let idle = backend::parse_ready_for_query(&msg[5..]) == Some(TxStatus::Idle);
                         return if idle && !failed { Ok(()) } else { Err(()) };

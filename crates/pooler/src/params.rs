@@ -1,0 +1,365 @@
+//! Session state a client expects its servers to have, and the statements that change
+//! it. Pure functions: the session loop ([`crate::client`]) applies them.
+//!
+//! Two kinds of state:
+//! - settings PostgreSQL reports with ParameterStatus ([`REPORTED`]): tracked from the
+//!   startup packet and from ParameterStatus; a server whose values differ is brought
+//!   in line with `SET`s before the client's first message.
+//! - other settings changed with `SET`/`RESET` (`statement_timeout`, `search_path`,
+//!   ...): recorded per client and replayed on every server it gets; a server that ran
+//!   them is `RESET ALL` before another client may use it. Never leaked.
+
+/// Settings PostgreSQL reports with ParameterStatus that Sluice keeps per client.
+pub const REPORTED: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+    "IntervalStyle",
+];
+
+/// The canonical spelling of a reported setting, if `name` is one.
+pub fn reported(name: &str) -> Option<&'static str> {
+    REPORTED.iter().copied().find(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// Name/value pairs, names compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamSet(Vec<(String, String)>);
+
+impl ParamSet {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.0.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => self.0.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+impl From<Vec<(String, String)>> for ParamSet {
+    fn from(v: Vec<(String, String)>) -> Self {
+        ParamSet(v)
+    }
+}
+
+/// What a statement does to session state, as far as Sluice can tell from its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing Sluice tracks.
+    None,
+    /// `SET` of a reported setting: ParameterStatus will tell.
+    Reported,
+    /// `SET name ...` of another setting; replayed as the statement itself.
+    Set { name: String, sql: String },
+    /// `RESET name`.
+    Reset { name: String },
+    /// `RESET ALL` or `DISCARD ALL`: back to the server's defaults.
+    ResetAll,
+    /// Changes session state in a way that cannot be carried over (`set_config`, `DISCARD`
+    /// of parts, SETs inside several statements): the server must be reset after use.
+    Untrackable,
+}
+
+/// Classifies every statement of a simple-query or Parse text. Only short texts are
+/// looked at (the caller skips long ones: they are not SETs).
+pub fn classify(sql: &str) -> Vec<Effect> {
+    split_statements(sql)
+        .into_iter()
+        .map(classify_one)
+        .filter(|e| *e != Effect::None)
+        .collect()
+}
+
+/// Splits on `;` outside quotes, double quotes, dollar quotes and comments.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() {
+                    if b[i] == q {
+                        if b.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'$' => {
+                // $tag$ ... $tag$
+                if let Some(len) = b[i + 1..].iter().position(|&c| c == b'$') {
+                    let tag = &b[i..i + len + 2];
+                    if tag[1..tag.len() - 1]
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                    {
+                        let body = i + tag.len();
+                        match b[body..].windows(tag.len()).position(|w| w == tag) {
+                            Some(end) => i = body + end + tag.len() - 1,
+                            None => i = b.len(),
+                        }
+                    }
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < sql.len() {
+        out.push(&sql[start..]);
+    }
+    out.into_iter().filter(|s| !s.trim().is_empty()).collect()
+}
+
+fn classify_one(stmt: &str) -> Effect {
+    let trimmed = stmt.trim();
+    let words: Vec<&str> = trimmed.split_whitespace().take(4).collect();
+    let first = words.first().map(|w| w.to_ascii_lowercase()).unwrap_or_default();
+    match first.as_str() {
+        "set" => {
+            let second = words.get(1).map(|w| w.to_ascii_lowercase()).unwrap_or_default();
+            let name_word = match second.as_str() {
+                // Transaction-scoped: gone at COMMIT.
+                "local" | "transaction" | "constraints" => return Effect::None,
+                "session" => match words.get(2).map(|w| w.to_ascii_lowercase()) {
+                    Some(w) if w == "characteristics" => return Effect::Untrackable,
+                    Some(w) if w == "authorization" => "session_authorization".to_string(),
+                    Some(w) => w,
+                    None => return Effect::Untrackable,
+                },
+                "time" => "timezone".to_string(),
+                _ => second.clone(),
+            };
+            // `SET name=value` without spaces.
+            let name = name_word
+                .split(['=', ' '])
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned();
+            if name.is_empty() {
+                return Effect::Untrackable;
+            }
+            if reported(&name).is_some() {
+                return Effect::Reported;
+            }
+            Effect::Set {
+                name,
+                sql: trimmed.to_owned(),
+            }
+        }
+        "reset" => {
+            let name = words.get(1).map(|w| w.to_ascii_lowercase()).unwrap_or_default();
+            match name.as_str() {
+                "all" => Effect::ResetAll,
+                "" => Effect::Untrackable,
+                n if reported(n).is_some() => Effect::Reported,
+                n => Effect::Reset { name: n.to_owned() },
+            }
+        }
+        "discard" => match words.get(1).map(|w| w.to_ascii_lowercase()).as_deref() {
+            Some("all") => Effect::ResetAll,
+            _ => Effect::Untrackable,
+        },
+        _ if stmt.to_ascii_lowercase().contains("set_config") => Effect::Untrackable,
+        _ => Effect::None,
+    }
+}
+
+/// Cheap test run on every short query: could it change session state? Only then is
+/// [`classify`] (which allocates) worth calling.
+#[inline]
+pub fn may_change_session(sql: &[u8]) -> bool {
+    // The first statement, and any after a ';' (false positives only cost a classify).
+    std::iter::once(sql)
+        .chain(sql.split(|&b| b == b';').skip(1))
+        .any(|part| {
+            let start = part.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(part.len());
+            let head = &part[start..];
+            let starts = |kw: &[u8]| head.len() > kw.len() && head[..kw.len()].eq_ignore_ascii_case(kw);
+            starts(b"set") || starts(b"reset") || starts(b"discard")
+        })
+        || contains_ignore_case(sql, b"set_config")
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `'value'` with quotes doubled, for SET statements Sluice writes itself.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Parses the startup `options` parameter (`-c name=value`, `--name=value`) into
+/// `SET` statements.
+pub fn options_to_sets(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(w) = words.next() {
+        let assignment = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest)
+        } else {
+            w.strip_prefix("-c")
+        };
+        if let Some((name, value)) = assignment.and_then(|a| a.split_once('=')) {
+            let name = name.replace('-', "_");
+            out.push((name.clone(), format!("SET {name} = {}", quote_literal(value))));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Effect {
+        let mut v = classify(sql);
+        assert!(v.len() <= 1, "{sql}: {v:?}");
+        v.pop().unwrap_or(Effect::None)
+    }
+
+    #[test]
+    fn classifies_session_statements() {
+        assert_eq!(one("SET TIME ZONE 'UTC'"), Effect::Reported);
+        assert_eq!(one("set application_name = 'x'"), Effect::Reported);
+        assert_eq!(one("SET DateStyle TO ISO"), Effect::Reported);
+        assert_eq!(
+            one("SET statement_timeout = '5s';"),
+            Effect::Set {
+                name: "statement_timeout".into(),
+                sql: "SET statement_timeout = '5s'".into()
+            }
+        );
+        assert_eq!(
+            one("  SET SESSION search_path TO app, public"),
+            Effect::Set {
+                name: "search_path".into(),
+                sql: "SET SESSION search_path TO app, public".into()
+            }
+        );
+        assert_eq!(
+            one("set work_mem='64MB'"),
+            Effect::Set {
+                name: "work_mem".into(),
+                sql: "set work_mem='64MB'".into()
+            }
+        );
+        assert_eq!(one("SET LOCAL statement_timeout = 1"), Effect::None);
+        assert_eq!(one("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Effect::None);
+        assert_eq!(
+            one("RESET statement_timeout"),
+            Effect::Reset {
+                name: "statement_timeout".into()
+            }
+        );
+        assert_eq!(one("RESET ALL"), Effect::ResetAll);
+        assert_eq!(one("discard all;"), Effect::ResetAll);
+        assert_eq!(one("DISCARD PLANS"), Effect::Untrackable);
+        assert_eq!(one("SELECT set_config('search_path', 'x', false)"), Effect::Untrackable);
+        assert_eq!(one("SELECT 1"), Effect::None);
+        assert_eq!(
+            one("SET SESSION AUTHORIZATION bob"),
+            Effect::Set {
+                name: "session_authorization".into(),
+                sql: "SET SESSION AUTHORIZATION bob".into()
+            }
+        );
+    }
+
+    #[test]
+    fn sees_every_statement_of_a_multi_statement_text() {
+        assert_eq!(
+            classify("BEGIN; SET work_mem = '2MB'; COMMIT"),
+            vec![Effect::Set {
+                name: "work_mem".into(),
+                sql: "SET work_mem = '2MB'".into()
+            }]
+        );
+        assert_eq!(classify("SELECT 1; SET a = 1; RESET b").len(), 2);
+        // Semicolons inside quotes, dollar quotes and comments do not split.
+        assert_eq!(classify("SELECT ';SET x = 1'"), vec![]);
+        assert_eq!(classify("SELECT $f$; set x = 1 $f$"), vec![]);
+        assert_eq!(classify("SELECT 1 -- ; set x = 1\n"), vec![]);
+        assert!(may_change_session(b"BEGIN; SET work_mem = 1; COMMIT"));
+    }
+
+    #[test]
+    fn parses_startup_options() {
+        assert_eq!(
+            options_to_sets("-c statement_timeout=5000 --search-path=app -cwork_mem=4MB"),
+            vec![
+                (
+                    "statement_timeout".to_string(),
+                    "SET statement_timeout = '5000'".to_string()
+                ),
+                ("search_path".to_string(), "SET search_path = 'app'".to_string()),
+                ("work_mem".to_string(), "SET work_mem = '4MB'".to_string()),
+            ]
+        );
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn param_sets_are_case_insensitive() {
+        let mut p = ParamSet::default();
+        p.set("TimeZone", "UTC");
+        p.set("timezone", "Europe/Paris");
+        assert_eq!(p.get("TIMEZONE"), Some("Europe/Paris"));
+        assert_eq!(p.iter().count(), 1);
+        assert_eq!(reported("datestyle"), Some("DateStyle"));
+    }
+}
+
+#[cfg(test)]
+mod precheck_tests {
+    use super::*;
+
+    #[test]
+    fn precheck_finds_candidates_only() {
+        assert!(may_change_session(b"  set x = 1"));
+        assert!(may_change_session(b"RESET ALL"));
+        assert!(may_change_session(b"select SET_CONFIG('a','b',false)"));
+        assert!(!may_change_session(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"
+        ));
+        assert!(!may_change_session(b"settle"[..3].as_ref()));
+    }
+}
