@@ -435,3 +435,130 @@ async fn startup_options_apply_and_prepared_statements_survive_the_reset() -> Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_under_load_keeps_idle_clients_and_recovers_within_2s() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 5\nmin_pool_size = 2",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    // Idle clients: they used a server before the restart, then sit quietly through it.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        let c = connect(&s.url(u, p, "app")).await?;
+        c.query_typed("SELECT 1", &[]).await?;
+        idle.push(c);
+    }
+    // Busy clients: query in a loop; a client whose connection dies reconnects.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, errors) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut busy = Vec::new();
+    for _ in 0..20 {
+        let (url, stop, ok, errors) = (
+            s.url(u, p, "app"),
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&errors),
+        );
+        busy.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(c) = connect(&url).await else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                while !stop.load(Ordering::Relaxed) && !c.is_closed() {
+                    match c.query_typed("SELECT pg_sleep(0.02)", &[]).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(ok.load(Ordering::Relaxed) > 0);
+
+    // pg_ctl restart -m fast: backends are terminated, the server comes back.
+    let pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.restart().map(|_| pg)
+    })
+    .await??;
+    let back = Instant::now();
+
+    // Idle clients kept their connections; their next query succeeds within 2 s.
+    for c in &idle {
+        loop {
+            match c.query_typed("SELECT 1", &[]).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(!c.is_closed(), "an idle client lost its connection: {e}");
+                    assert!(back.elapsed() < Duration::from_secs(2), "not recovered within 2 s: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    assert!(
+        back.elapsed() < Duration::from_secs(2),
+        "recovered in {:?}",
+        back.elapsed()
+    );
+    // From 2 s after the restart on, the busy clients see no errors at all.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(back + Duration::from_secs(2))).await;
+    let (ok_before, errors_before) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for b in busy {
+        b.await?;
+    }
+    assert!(ok.load(Ordering::Relaxed) > ok_before + 20, "busy clients work again");
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        errors_before,
+        "no errors once PostgreSQL is back"
+    );
+    drop(pg);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_died_idle_in_the_pool_are_never_handed_out() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 5",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect(&s.url(u, p, "app")).await?);
+    }
+    // Five servers in the pool: five clients hold a transaction open at once.
+    for c in &clients {
+        c.batch_execute("BEGIN; SELECT 1").await?;
+    }
+    for c in &clients {
+        c.batch_execute("COMMIT").await?;
+    }
+    assert_eq!(backends(&pg, u, "app")?, 5);
+    // PostgreSQL kills every idle backend (as a restart or an idle timeout would).
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'scram_user'",
+    )?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for c in &clients {
+        let n: i32 = c.query_typed("SELECT 7", &[]).await?[0].get(0);
+        assert_eq!(n, 7, "each client's next query runs on a live server");
+        assert!(!c.is_closed());
+    }
+    Ok(())
+}

@@ -142,7 +142,7 @@ impl Pool {
             let now = Instant::now();
             let mut expired = Vec::new();
             while let Some(conn) = s.idle.pop() {
-                if conn.expired(now, self.settings.lifetime, self.settings.idle_timeout) {
+                if conn.expired(now, self.settings.lifetime, self.settings.idle_timeout) || conn.is_dead() {
                     expired.push(conn);
                     continue;
                 }
@@ -318,7 +318,8 @@ impl Pool {
         self.spawn_connects(&mut s);
     }
 
-    /// Closes idle servers past their lifetime or idle timeout; keeps min_pool_size.
+    /// Closes idle servers that died, or are past their lifetime or idle timeout
+    /// (keeping min_pool_size of the live ones; housekeeping then refills it).
     pub fn close_expired(&self) {
         let now = Instant::now();
         let expired = {
@@ -327,9 +328,9 @@ impl Pool {
             let mut expired = Vec::new();
             let mut total = s.total();
             for conn in s.idle.drain(..) {
-                if total > self.settings.min_size
-                    && conn.expired(now, self.settings.lifetime, self.settings.idle_timeout)
-                {
+                let old = total > self.settings.min_size
+                    && conn.expired(now, self.settings.lifetime, self.settings.idle_timeout);
+                if old || conn.is_dead() {
                     total -= 1;
                     expired.push(conn);
                 } else {

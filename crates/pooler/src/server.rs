@@ -234,6 +234,12 @@ impl ServerConn {
             || idle_timeout.is_some_and(|t| now.duration_since(self.last_used) >= t)
     }
 
+    /// An idle server that PostgreSQL closed (restart, `pg_terminate_backend`, idle
+    /// timeouts) or that sent something unasked (a FATAL before closing).
+    pub fn is_dead(&self) -> bool {
+        !self.buf.is_empty() || self.rd.closed_or_unexpected_data()
+    }
+
     /// Sends Terminate and drops the socket (best effort; never waits long).
     pub async fn terminate(mut self) {
         let _ = tokio::time::timeout(Duration::from_millis(200), self.wr.write_all(b"X\0\0\0\x04")).await;

@@ -38,6 +38,29 @@ pub enum WriteHalf {
     Unix(unix::OwnedWriteHalf),
 }
 
+impl ReadHalf {
+    /// True when the peer closed the socket or sent something while nobody was
+    /// reading. Costs no syscall unless the IO driver has seen the socket become
+    /// readable.
+    pub fn closed_or_unexpected_data(&self) -> bool {
+        use std::future::Future;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let readable = match self {
+            ReadHalf::Tcp(s) => std::pin::pin!(s.readable()).poll(&mut cx),
+            ReadHalf::Unix(s) => std::pin::pin!(s.readable()).poll(&mut cx),
+        };
+        if readable.is_pending() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let read = match self {
+            ReadHalf::Tcp(s) => s.try_read(&mut probe),
+            ReadHalf::Unix(s) => s.try_read(&mut probe),
+        };
+        !matches!(read, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 impl AsyncRead for ReadHalf {
     #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use sluice_wire::backend::{self, TxStatus, READY_FOR_QUERY};
+use sluice_wire::backend::{self, Severity, TxStatus, READY_FOR_QUERY};
 
 /// CommandComplete.
 const COMMAND_COMPLETE: u8 = b'C';
@@ -58,7 +58,7 @@ struct TxTracker {
     terminate: bool,
     /// A cancel took the client out of the queue: its pending request is dropped
     /// and answered with ReadyForQuery once complete.
-    discard: bool,
+    discard: Option<ClientError>,
     /// Session settings carried from server to server.
     session: SessionState,
 }
@@ -94,9 +94,9 @@ impl ScanHandler for ClientSide<'_> {
             // The end of a cancelled batch.
             frontend::SYNC => return Ok(Visit::StopAfter),
             // A Query completes at the ReadyForQuery it was just counted for.
-            frontend::QUERY if !tx.discard => tx.session.saw_statement(cstr(body), tx.pending_rfq),
+            frontend::QUERY if tx.discard.is_none() => tx.session.saw_statement(cstr(body), tx.pending_rfq),
             // Parse: statement name, then the query text; it completes at the next Sync.
-            frontend::PARSE if !tx.discard => {
+            frontend::PARSE if tx.discard.is_none() => {
                 let name_end = body.iter().position(|&b| b == 0).map_or(body.len(), |i| i + 1);
                 tx.session.saw_statement(cstr(&body[name_end..]), tx.pending_rfq + 1)
             }
@@ -108,7 +108,7 @@ impl ScanHandler for ClientSide<'_> {
     #[inline]
     fn header(&mut self, h: Header) -> Result<OnHeader, ScanError> {
         let tx = &mut *self.0;
-        if tx.discard && !tx.in_batch {
+        if tx.discard.is_some() && !tx.in_batch {
             // The cancelled request is complete; what follows is a new one.
             return Ok(OnHeader::StopBefore);
         }
@@ -121,7 +121,7 @@ impl ScanHandler for ClientSide<'_> {
                 tx.pending_rfq += 1;
                 if t == frontend::SYNC {
                     tx.in_batch = false;
-                    if tx.discard {
+                    if tx.discard.is_some() {
                         // End of the cancelled batch: stop right after its Sync.
                         return Ok(OnHeader::Decode);
                     }
@@ -396,7 +396,7 @@ pub async fn run(
         in_batch: false,
         status: TxStatus::Idle,
         terminate: false,
-        discard: false,
+        discard: None,
         session,
     };
     loop {
@@ -406,12 +406,12 @@ pub async fn run(
                 send_error(client, &e).await;
                 return "client protocol error";
             }
-            if tx.discard {
-                if let Err(reason) = discard_cancelled(client, &mut tx).await {
+            if tx.discard.is_some() {
+                if let Err(reason) = answer_dropped(client, &mut tx).await {
                     return reason;
                 }
             }
-            if client.scan.forwardable() > 0 && !tx.discard {
+            if client.scan.forwardable() > 0 && tx.discard.is_none() {
                 break;
             }
             if tx.terminate {
@@ -433,8 +433,26 @@ pub async fn run(
             Ok(s) => s,
             Err(Waited::Cancelled) => {
                 debug!(pending = tx.pending_rfq, in_batch = tx.in_batch, "wait cancelled");
-                tx.discard = true;
-                if let Err(reason) = discard_cancelled(client, &mut tx).await {
+                tx.discard = Some(ClientError {
+                    severity: Severity::Error,
+                    ..ClientError::fatal(
+                        sluice_wire::sqlstate::QUERY_CANCELED,
+                        "canceling statement due to user request",
+                    )
+                });
+                if let Err(reason) = answer_dropped(client, &mut tx).await {
+                    return reason;
+                }
+                continue;
+            }
+            // No server could log in: the client hears why, and keeps its connection
+            // to retry (a PostgreSQL restart must not disconnect idle clients).
+            Err(Waited::Pool(AcquireError::Connect(e))) => {
+                tx.discard = Some(ClientError {
+                    severity: Severity::Error,
+                    ..ClientError::from(&e)
+                });
+                if let Err(reason) = answer_dropped(client, &mut tx).await {
                     return reason;
                 }
                 continue;
@@ -449,12 +467,8 @@ pub async fn run(
                 return "client protocol error";
             }
             Err(Waited::Pool(e)) => {
-                let reason = match e {
-                    AcquireError::WaitTimeout => "query_wait_timeout",
-                    AcquireError::Connect(_) => "server login failed",
-                };
                 send_error(client, &ClientError::from(&e)).await;
-                return reason;
+                return "query_wait_timeout";
             }
         };
         debug!(server = server.id, "linked");
@@ -611,31 +625,27 @@ async fn acquire_watching(
     }
 }
 
-/// Drops what a cancel took out of the queue: every request the client had sent
-/// (each ending in a Query or a Sync) is answered with `ERROR 57014` and
-/// ReadyForQuery, as PostgreSQL answers each request of a pipeline; a request still
-/// arriving is dropped up to its end, and nothing sent after it is touched.
-async fn discard_cancelled(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(), Reason> {
+/// Drops requests that will not reach a server (a cancelled wait, a failed login):
+/// each request the client had sent (ending in a Query or a Sync) is answered with
+/// the error in `tx.discard` and ReadyForQuery, as PostgreSQL answers each request of
+/// a pipeline; a request still arriving is dropped up to its end, and nothing sent
+/// after it is touched.
+async fn answer_dropped(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(), Reason> {
     let n = client.scan.forwardable();
     client.buf.advance(n);
     client.scan.consumed(n);
     let mut out = BytesMut::new();
-    let cancelled = ClientError {
-        severity: sluice_wire::backend::Severity::Error,
-        ..ClientError::fatal(
-            sluice_wire::sqlstate::QUERY_CANCELED,
-            "canceling statement due to user request",
-        )
-    };
-    for _ in 0..tx.pending_rfq {
-        cancelled.write(&mut out);
-        backend::ready_for_query(&mut out, TxStatus::Idle);
+    if let Some(error) = &tx.discard {
+        for _ in 0..tx.pending_rfq {
+            error.write(&mut out);
+            backend::ready_for_query(&mut out, TxStatus::Idle);
+        }
     }
-    debug!(requests = tx.pending_rfq, "cancelled requests dropped");
+    debug!(requests = tx.pending_rfq, "requests dropped");
     tx.pending_rfq = 0;
     tx.session.forget_pending();
     if !tx.in_batch && client.scan.at_boundary() {
-        tx.discard = false;
+        tx.discard = None;
     }
     if out.is_empty() {
         return Ok(());
