@@ -562,3 +562,112 @@ async fn servers_that_died_idle_in_the_pool_are_never_handed_out() -> Result<()>
     }
     Ok(())
 }
+
+/// Waits until `c` reports its connection closed (the server side hung up).
+async fn closed_within(c: &tokio_postgres::Client, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if c.is_closed() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.is_closed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_timeouts_disconnect_with_pgbouncers_texts() -> Result<()> {
+    let pg = postgres()?;
+    let (u, p) = SCRAM_USER;
+    let base = "auth_type = \"md5\"\npool_mode = \"transaction\"\n";
+
+    // query_timeout: the client is told, and the query is cancelled on the server.
+    let s = Sluice::start(&pg, &format!("{base}query_timeout = 1"), "")?;
+    let c = connect(&s.url(u, p, "app")).await?;
+    let started = Instant::now();
+    let e = refused(c.batch_execute("SELECT pg_sleep(30)").await, "query_timeout");
+    assert_eq!(db_error(&e), ("08P01".to_owned(), "query timeout".to_owned()));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+    )? != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned pg_sleep still runs on the server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let other = connect(&s.url(u, p, "app")).await?;
+    other.batch_execute("SELECT pg_sleep(0.2)").await?;
+    drop(s);
+
+    // idle_transaction_timeout: the open transaction is rolled back.
+    let s = Sluice::start(&pg, &format!("{base}idle_transaction_timeout = 1"), "")?;
+    let c = connect(&s.url(u, p, "app")).await?;
+    c.batch_execute("BEGIN; INSERT INTO items VALUES (950, 'left open')")
+        .await?;
+    assert!(
+        closed_within(&c, Duration::from_secs(3)).await,
+        "idle in transaction past the limit"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM items WHERE id = 950")?, "0");
+    // A client that is just idle (outside a transaction) is not affected.
+    let idle = connect(&s.url(u, p, "app")).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(idle.query_typed("SELECT 1", &[]).await?.len(), 1);
+    drop(s);
+
+    // client_idle_timeout and transaction_timeout.
+    let s = Sluice::start(
+        &pg,
+        &format!("{base}client_idle_timeout = 1\ntransaction_timeout = 1.5"),
+        "",
+    )?;
+    let idle = connect(&s.url(u, p, "app")).await?;
+    assert!(
+        closed_within(&idle, Duration::from_secs(3)).await,
+        "client_idle_timeout"
+    );
+    let c = connect(&s.url(u, p, "app")).await?;
+    c.batch_execute("BEGIN").await?;
+    let started = Instant::now();
+    let mut failed = None;
+    for _ in 0..20 {
+        if let Err(e) = c.batch_execute("SELECT pg_sleep(0.2)").await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let e = failed.expect("transaction_timeout ends a long transaction of short statements");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(c.is_closed() || db_error(&e).1 == "transaction timeout", "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_resets_servers_with_server_reset_query() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"session\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let a = connect(&s.url(u, p, "app")).await?;
+    a.batch_execute("SET work_mem = '1MB'; PREPARE gone AS SELECT 1")
+        .await?;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The same (only) server, after DISCARD ALL.
+    let b = connect(&s.url(u, p, "app")).await?;
+    assert_eq!(show(&b, "work_mem").await?, "4MB");
+    assert!(
+        b.batch_execute("EXECUTE gone").await.is_err(),
+        "prepared statements are discarded too"
+    );
+    Ok(())
+}

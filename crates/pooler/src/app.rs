@@ -177,6 +177,14 @@ impl App {
             lifetime: seconds(entry.server_lifetime.unwrap_or(c.server_lifetime)),
             idle_timeout: seconds(c.server_idle_timeout),
             max_packet: c.max_packet_size,
+            timeouts: crate::client::Timeouts {
+                query: seconds(c.query_timeout),
+                client_idle: seconds(c.client_idle_timeout),
+                idle_transaction: seconds(c.idle_transaction_timeout),
+                transaction: seconds(c.transaction_timeout),
+            },
+            reset_query: Some(c.server_reset_query.trim().to_owned()).filter(|q| !q.is_empty()),
+            reset_always: c.server_reset_query_always,
         };
         let db_limit = entry.max_db_connections.unwrap_or(c.max_db_connections);
         let user_limit = user_cfg

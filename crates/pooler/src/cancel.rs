@@ -180,6 +180,15 @@ impl Registry {
     }
 }
 
+/// Cancels whatever a server runs (a client that gave up on it), bounded in time.
+pub async fn cancel_server(target: &ServerTarget, pid: i32, key: i32) {
+    match tokio::time::timeout(Duration::from_secs(10), send_cancel(target, pid, key)).await {
+        Ok(Ok(())) => debug!(server_pid = pid, "abandoned query cancelled on the server"),
+        Ok(Err(e)) => warn!(server_pid = pid, error = %e, "cancel request to server failed"),
+        Err(_) => warn!(server_pid = pid, "cancel request to server timed out"),
+    }
+}
+
 /// Sends a CancelRequest and waits until PostgreSQL closes the connection: by then it
 /// has signalled the backend.
 async fn send_cancel(target: &ServerTarget, pid: i32, key: i32) -> std::io::Result<()> {

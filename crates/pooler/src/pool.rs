@@ -39,6 +39,12 @@ pub struct PoolSettings {
     pub lifetime: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_packet: u32,
+    /// Limits on what a client may do with a server (PgBouncer's client-side timeouts).
+    pub timeouts: crate::client::Timeouts,
+    /// Session mode: run before a server is reused (`server_reset_query`); with
+    /// `server_reset_query_always` also in transaction mode.
+    pub reset_query: Option<String>,
+    pub reset_always: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]

@@ -5,6 +5,8 @@ mod session;
 mod startup;
 mod state;
 
+pub use session::Timeouts;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -107,7 +109,7 @@ async fn login(
     let msg = match startup::read(client).await? {
         startup::Startup::Login(msg) => msg,
         startup::Startup::Cancel { pid, key } => {
-            let timeout = seconds(app.config.server_connect_timeout).unwrap_or(std::time::Duration::from_secs(15));
+            let timeout = seconds(app.config.cancel_wait_timeout).unwrap_or(std::time::Duration::from_secs(3600));
             app.cancels.cancel(pid, key, timeout).await;
             return Ok(None);
         }

@@ -9,9 +9,12 @@
 //! is released at a ReadyForQuery 'I' that answers the last of them, with no
 //! extended-protocol batch open.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
 
 use bytes::{Buf, BytesMut};
 use sluice_wire::backend::{self, Severity, TxStatus, READY_FOR_QUERY};
@@ -45,6 +48,59 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Unforwarded bytes per direction before reading pauses (backpressure).
 const MAX_BUFFERED: usize = 256 * 1024;
 
+/// PgBouncer's client-side timeouts (None = off). A client that exceeds one gets
+/// `FATAL 08P01` with PgBouncer's text and is disconnected; a query still running on
+/// its server is cancelled there first, so the server stops working for nobody.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timeouts {
+    /// `query_timeout`: one request (Query, or a batch up to Sync) running too long.
+    pub query: Option<Duration>,
+    /// `client_idle_timeout`: a client sending nothing, outside a transaction.
+    pub client_idle: Option<Duration>,
+    /// `idle_transaction_timeout`: a client sending nothing inside a transaction.
+    pub idle_transaction: Option<Duration>,
+    /// `transaction_timeout`: a transaction open too long.
+    pub transaction: Option<Duration>,
+}
+
+impl Timeouts {
+    fn any(&self) -> bool {
+        self.query.is_some()
+            || self.client_idle.is_some()
+            || self.idle_transaction.is_some()
+            || self.transaction.is_some()
+    }
+}
+
+/// Which timeout fired, with PgBouncer's words for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    Query,
+    ClientIdle,
+    IdleTransaction,
+    Transaction,
+}
+
+impl Expired {
+    fn text(self) -> &'static str {
+        match self {
+            Expired::Query => "query timeout",
+            Expired::ClientIdle => "client_idle_timeout",
+            Expired::IdleTransaction => "idle transaction timeout",
+            Expired::Transaction => "transaction timeout",
+        }
+    }
+}
+
+/// When the client's current request, transaction and idleness began (kept only
+/// while some timeout is configured).
+#[derive(Debug, Default)]
+struct Clock {
+    request_started: Option<Instant>,
+    transaction_started: Option<Instant>,
+    idle_since: Option<Instant>,
+}
+
 /// The client's position in the protocol, as far as releasing its server goes.
 #[derive(Debug)]
 struct TxTracker {
@@ -61,6 +117,33 @@ struct TxTracker {
     discard: Option<ClientError>,
     /// Session settings carried from server to server.
     session: SessionState,
+    /// Timing for the client-side timeouts; None when none is configured.
+    clock: Option<Clock>,
+}
+
+impl TxTracker {
+    /// The nearest deadline among the configured timeouts, for the current state.
+    fn deadline(&self, t: &Timeouts) -> Option<(Instant, Expired)> {
+        let clock = self.clock.as_ref()?;
+        let mut best: Option<(Instant, Expired)> = None;
+        let mut consider = |since: Option<Instant>, limit: Option<Duration>, kind| {
+            if let (Some(since), Some(limit)) = (since, limit) {
+                let at = since + limit;
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, kind));
+                }
+            }
+        };
+        if self.pending_rfq > 0 || self.in_batch {
+            consider(clock.request_started, t.query, Expired::Query);
+        } else if self.status == TxStatus::Idle {
+            consider(clock.idle_since, t.client_idle, Expired::ClientIdle);
+        } else {
+            consider(clock.idle_since, t.idle_transaction, Expired::IdleTransaction);
+        }
+        consider(clock.transaction_started, t.transaction, Expired::Transaction);
+        best
+    }
 }
 
 impl TxTracker {
@@ -118,6 +201,11 @@ impl ScanHandler for ClientSide<'_> {
                 return Ok(OnHeader::StopBefore);
             }
             t if frontend::expects_ready_for_query(t) => {
+                if let Some(clock) = tx.clock.as_mut() {
+                    if tx.pending_rfq == 0 && !tx.in_batch {
+                        clock.request_started = Some(Instant::now());
+                    }
+                }
                 tx.pending_rfq += 1;
                 if t == frontend::SYNC {
                     tx.in_batch = false;
@@ -127,7 +215,14 @@ impl ScanHandler for ClientSide<'_> {
                     }
                 }
             }
-            t if frontend::opens_extended_batch(t) => tx.in_batch = true,
+            t if frontend::opens_extended_batch(t) => {
+                if let Some(clock) = tx.clock.as_mut() {
+                    if tx.pending_rfq == 0 && !tx.in_batch {
+                        clock.request_started = Some(Instant::now());
+                    }
+                }
+                tx.in_batch = true
+            }
             t if frontend::is_known_tag(t) && t != frontend::PASSWORD => {}
             t => {
                 return Err(ScanError::Client(ClientError::protocol(format!(
@@ -184,6 +279,19 @@ impl ScanHandler for ServerSide<'_> {
                 backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
             self.tx.status = status;
             self.tx.pending_rfq = self.tx.pending_rfq.saturating_sub(1);
+            if let Some(clock) = self.tx.clock.as_mut() {
+                let now = Instant::now();
+                if self.tx.pending_rfq == 0 && !self.tx.in_batch {
+                    clock.request_started = None;
+                    clock.idle_since = Some(now);
+                }
+                match status {
+                    TxStatus::Idle => clock.transaction_started = None,
+                    _ => {
+                        clock.transaction_started.get_or_insert(now);
+                    }
+                }
+            }
             if self.tx.session.has_pending() {
                 self.tx.session.ready_for_query(status);
             }
@@ -215,6 +323,8 @@ enum LinkEnd {
     ClientGone,
     /// The server's socket closed or failed.
     ServerGone,
+    /// A client-side timeout expired.
+    Timeout(Expired),
     /// The client sent something that is not the protocol.
     ClientError(ClientError),
     /// The server sent something that is not the protocol.
@@ -239,6 +349,10 @@ struct Link<'a> {
     /// ReadyForQuery messages still to come for Sluice's own sync query; everything up
     /// to them is the server's answer to Sluice, not to the client.
     swallow: u32,
+    timeouts: Timeouts,
+    /// Armed at the nearest deadline while a timeout is configured.
+    timer: Pin<&'a mut Sleep>,
+    armed: Option<(Instant, Expired)>,
 }
 
 /// What one non-blocking read or write did.
@@ -374,10 +488,30 @@ impl Link<'_> {
             }
 
             if !progress {
+                if let Some(expired) = self.poll_timer(cx) {
+                    return Poll::Ready(LinkEnd::Timeout(expired));
+                }
                 return Poll::Pending;
             }
         }
     }
+
+    /// Re-arms the timer for the current state and reports a deadline that passed.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        self.tx.clock.as_ref()?;
+        let deadline = self.tx.deadline(&self.timeouts);
+        if deadline != self.armed {
+            self.armed = deadline;
+            let at = deadline.map_or_else(far_future, |(at, _)| at);
+            self.timer.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        let (_, kind) = self.armed?;
+        self.timer.as_mut().poll(cx).is_ready().then_some(kind)
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// Why the client is leaving, in PgBouncer's words where it has them.
@@ -398,7 +532,14 @@ pub async fn run(
         terminate: false,
         discard: None,
         session,
+        clock: route.pool.settings.timeouts.any().then(|| Clock {
+            idle_since: Some(Instant::now()),
+            ..Clock::default()
+        }),
     };
+    let timeouts = route.pool.settings.timeouts;
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(far_future()));
+    tokio::pin!(timer);
     loop {
         // Idle: wait until the client sends something a server must see.
         loop {
@@ -418,7 +559,18 @@ pub async fn run(
                 return "client close request";
             }
             client.buf.reserve(READ_CHUNK);
-            match client.rd.read_buf(&mut client.buf).await {
+            let read = client.rd.read_buf(&mut client.buf);
+            let read = match timeouts.client_idle {
+                Some(limit) => match tokio::time::timeout(limit, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        send_error(client, &ClientError::protocol(Expired::ClientIdle.text())).await;
+                        return Expired::ClientIdle.text();
+                    }
+                },
+                None => read.await,
+            };
+            match read {
                 Ok(0) | Err(_) => return "client unexpected eof",
                 Ok(_) => {}
             }
@@ -501,6 +653,9 @@ pub async fn run(
                 mode: route.mode,
                 release: false,
                 swallow,
+                timeouts,
+                timer: timer.as_mut(),
+                armed: None,
             };
             poll_fn(|cx| link.poll(cx)).await
         };
@@ -509,9 +664,24 @@ pub async fn run(
             LinkEnd::Release => {
                 // Unreported settings changed on this server: back to its defaults
                 // (RESET ALL keeps prepared statements, unlike DISCARD ALL).
-                let ok = !tx.session.dirty || server.simple_query("RESET ALL").await.is_ok();
+                let mut ok = !tx.session.dirty || server.simple_query("RESET ALL").await.is_ok();
+                if ok && route.pool.settings.reset_always {
+                    if let Some(q) = &route.pool.settings.reset_query {
+                        ok = server.simple_query(q).await.is_ok();
+                    }
+                }
                 tx.session.dirty = false;
                 route.pool.release(server, ok);
+            }
+            LinkEnd::Timeout(expired) => {
+                // A query still running would keep the server busy for nobody.
+                if tx.pending_rfq > 0 || tx.in_batch {
+                    let (target, pid, key) = (Arc::clone(&route.pool.target), server.backend_pid, server.backend_key);
+                    tokio::spawn(async move { crate::cancel::cancel_server(&target, pid, key).await });
+                }
+                route.pool.release(server, false);
+                send_error(client, &ClientError::protocol(expired.text())).await;
+                return expired.text();
             }
             LinkEnd::Terminate | LinkEnd::ClientGone => {
                 let clean =
@@ -553,8 +723,10 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty
         route.pool.release(server, false);
         return;
     }
+    let settings = &route.pool.settings;
     let reset = match route.mode {
-        PoolMode::Session => Some("DISCARD ALL"),
+        PoolMode::Session => settings.reset_query.as_deref(),
+        _ if settings.reset_always => settings.reset_query.as_deref(),
         _ if dirty => Some("RESET ALL"),
         _ => None,
     };

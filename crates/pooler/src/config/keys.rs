@@ -137,6 +137,13 @@ pub const IMPLEMENTED: &[&str] = &[
     "max_packet_size",
     "listen_backlog",
     "tcp_keepalive",
+    "query_timeout",
+    "client_idle_timeout",
+    "idle_transaction_timeout",
+    "transaction_timeout",
+    "cancel_wait_timeout",
+    "server_reset_query",
+    "server_reset_query_always",
 ];
 
 /// Keys of a `[databases]` entry.
