@@ -671,3 +671,39 @@ async fn session_mode_resets_servers_with_server_reset_query() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_is_told_why_it_waits() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_notify = 0.5\nquery_wait_timeout = 10",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let holder = connect(&s.url(u, p, "app")).await?;
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+    let url = s.url(u, p, "app");
+    let pg_bin = pg.bin("psql");
+    let waiter = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pg_bin)
+            .arg("-X")
+            .arg(url)
+            .args(["-Atc", "SELECT 'served'"])
+            .output()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.batch_execute("COMMIT").await?;
+    let out = waiter.await??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout.trim(), "served");
+    assert!(
+        stderr.contains("NOTICE:  waiting for a server connection: pool app/scram_user has all 1 servers busy"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("NOTICE").count(), 1, "one notice per wait: {stderr}");
+    Ok(())
+}

@@ -185,6 +185,7 @@ impl App {
             },
             reset_query: Some(c.server_reset_query.trim().to_owned()).filter(|q| !q.is_empty()),
             reset_always: c.server_reset_query_always,
+            wait_notify: seconds(c.query_wait_notify),
         };
         let db_limit = entry.max_db_connections.unwrap_or(c.max_db_connections);
         let user_limit = user_cfg

@@ -45,6 +45,8 @@ pub struct PoolSettings {
     /// `server_reset_query_always` also in transaction mode.
     pub reset_query: Option<String>,
     pub reset_always: bool,
+    /// A client waiting this long is sent a NOTICE explaining the wait.
+    pub wait_notify: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]
@@ -406,7 +408,8 @@ impl Checkout<'_> {
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+/// Sleeps until `at`, or forever when there is no deadline.
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

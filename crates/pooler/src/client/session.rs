@@ -37,7 +37,7 @@ use crate::config::PoolMode;
 use crate::errors::ClientError;
 use crate::listener::until;
 use crate::params::{self, ParamSet};
-use crate::pool::AcquireError;
+use crate::pool::{sleep_until_opt, AcquireError};
 use crate::server::ServerConn;
 use crate::shutdown::Shutdown;
 use crate::stream::{ReadHalf, WriteHalf};
@@ -737,6 +737,37 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty
     route.pool.release(server, ok);
 }
 
+/// `query_wait_notify`: why this client waits, while it still waits.
+fn wait_notice(route: &Route) -> ClientError {
+    let c = route.pool.counts();
+    let s = &route.pool.settings;
+    ClientError {
+        severity: Severity::Notice,
+        ..ClientError::fatal(
+            "01000",
+            format!(
+                "waiting for a server connection: pool {}/{} has all {} servers busy",
+                route.pool.db, route.pool.user, c.active
+            ),
+        )
+    }
+    .detail(format!(
+        "{} clients are waiting (the oldest for {:.1} s); pool size {}, reserve {}; servers being opened: {}.",
+        c.waiting,
+        c.oldest_wait.as_secs_f64(),
+        s.size,
+        s.reserve_size,
+        c.connecting
+    ))
+    .hint(match s.query_wait_timeout {
+        Some(t) => format!(
+            "the wait ends with FATAL query_wait_timeout after {} s",
+            t.as_secs_f64()
+        ),
+        None => "query_wait_timeout is off: the wait has no limit".to_owned(),
+    })
+}
+
 /// What a client that wants a new transaction is told during a shutdown.
 fn shutting_down() -> ClientError {
     ClientError::fatal(sluice_wire::sqlstate::ADMIN_SHUTDOWN, "pooler is shutting down")
@@ -768,6 +799,8 @@ async fn acquire_watching(
     let cancelled = link.queue_cancelled();
     tokio::pin!(cancelled);
     cancelled.as_mut().enable();
+    let notify_at = route.pool.settings.wait_notify.map(|d| tokio::time::Instant::now() + d);
+    let mut notified = false;
     loop {
         if !link.still_waiting() {
             return Err(Waited::Cancelled);
@@ -789,6 +822,14 @@ async fn acquire_watching(
             }
             _ = &mut cancelled => return Err(Waited::Cancelled),
             _ = until(shutdown, Shutdown::stops_transactions) => return Err(Waited::Shutdown),
+            _ = sleep_until_opt(notify_at), if !notified => {
+                notified = true;
+                let mut out = BytesMut::new();
+                wait_notice(route).write(&mut out);
+                if client.wr.write_all(&out).await.is_err() {
+                    return Err(Waited::ClientGone);
+                }
+            }
             read = client.rd.read_buf(&mut client.buf), if room => match read {
                 Ok(0) | Err(_) => return Err(Waited::ClientGone),
                 Ok(_) => scan_client(client, tx).map_err(Waited::ClientError)?,

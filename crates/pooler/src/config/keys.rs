@@ -138,6 +138,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "listen_backlog",
     "tcp_keepalive",
     "query_timeout",
+    "query_wait_notify",
     "client_idle_timeout",
     "idle_transaction_timeout",
     "transaction_timeout",
