@@ -707,3 +707,69 @@ async fn a_waiting_client_is_told_why_it_waits() -> Result<()> {
     assert_eq!(stderr.matches("NOTICE").count(), 1, "one notice per wait: {stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_pool_sizes_and_passwords_without_dropping_clients() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let config = s.dir.path().join("pooler.toml");
+    let (u, p) = SCRAM_USER;
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let (url, stop, errors) = (s.url(u, p, "app"), Arc::clone(&stop), Arc::clone(&errors));
+        load.push(tokio::spawn(async move {
+            let c = connect(&url).await?;
+            while !stop.load(Ordering::Relaxed) {
+                if c.batch_execute("SELECT pg_sleep(0.1)").await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(backends(&pg, u, "app")?, 1);
+
+    // A broken file changes nothing and says where it is broken.
+    let good = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        good.replace("default_pool_size = 1", "default_pool_size = \"many\""),
+    )?;
+    s.signal("HUP")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.log().contains("reload failed"), "{}", s.log());
+    assert!(s.log().contains("pooler.toml:"), "the error names the file and line");
+    assert_eq!(backends(&pg, u, "app")?, 1);
+
+    // Pool size 3, and trust_user's password rotated in the userlist.
+    std::fs::write(&config, good.replace("default_pool_size = 1", "default_pool_size = 3"))?;
+    let userlist = s.dir.path().join("userlist.txt");
+    std::fs::write(
+        &userlist,
+        std::fs::read_to_string(&userlist)?.replace("\"trust_pw\"", "\"rotated\""),
+    )?;
+    s.signal("HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while backends(&pg, u, "app")? < 3 {
+        assert!(Instant::now() < deadline, "the pool grew to 3 after the reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await??;
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "no client noticed the reloads");
+    assert!(backends(&pg, u, "app")? <= 3);
+    assert!(connect(&s.url("trust_user", "rotated", "app")).await.is_ok());
+    assert!(connect(&s.url("trust_user", "trust_pw", "app")).await.is_err());
+    Ok(())
+}

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
@@ -42,9 +43,27 @@ fn shared_limit(limits: &DashMap<String, Arc<Semaphore>>, name: &str, limit: u32
     })
 }
 
-pub struct App {
+/// The configuration in force: replaced whole on reload.
+pub struct Current {
     pub config: Config,
     secrets: HashMap<String, StoredSecret>,
+    ignored_startup_parameters: Vec<String>,
+}
+
+/// What a (database, user) pool should look like under the current configuration.
+struct Plan {
+    key: (String, String),
+    target: ServerTarget,
+    settings: PoolSettings,
+    mode: PoolMode,
+    db_limit: u32,
+    user_limit: u32,
+}
+
+pub struct App {
+    current: ArcSwap<Current>,
+    /// The config file, re-read on reload.
+    pub path: std::path::PathBuf,
     pools: DashMap<(String, String), Arc<Pool>>,
     db_limits: DashMap<String, Arc<Semaphore>>,
     user_limits: DashMap<String, Arc<Semaphore>>,
@@ -55,7 +74,6 @@ pub struct App {
     /// How far a shutdown has gone; listeners and sessions watch it.
     pub shutdown: tokio::sync::watch::Sender<Shutdown>,
     next_client_id: AtomicU64,
-    ignored_startup_parameters: Vec<String>,
 }
 
 /// How a client's login maps onto a pool.
@@ -64,8 +82,8 @@ pub struct Route {
     pub mode: PoolMode,
 }
 
-impl App {
-    pub fn new(loaded: &Loaded) -> Arc<App> {
+impl Current {
+    fn new(loaded: &Loaded) -> Current {
         let config = loaded.config.clone();
         let secrets = loaded
             .secrets
@@ -75,22 +93,11 @@ impl App {
         let ignored_startup_parameters = config::list(&config.ignore_startup_parameters)
             .map(str::to_owned)
             .collect();
-        Arc::new(App {
+        Current {
             config,
             secrets,
-            pools: DashMap::new(),
-            db_limits: DashMap::new(),
-            user_limits: DashMap::new(),
-            clients: AtomicUsize::new(0),
-            cancels: cancel::Registry::default(),
-            shutdown: tokio::sync::watch::Sender::new(Shutdown::Running),
-            next_client_id: AtomicU64::new(1),
             ignored_startup_parameters,
-        })
-    }
-
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+        }
     }
 
     pub fn secret(&self, user: &str) -> Option<&StoredSecret> {
@@ -109,8 +116,9 @@ impl App {
         })
     }
 
-    /// Finds (or creates) the pool for a client's database and user.
-    pub fn route(&self, db: &str, client_user: &str) -> Result<Route, ClientError> {
+    /// The pool a client of `db` logging in as `client_user` belongs to, with its
+    /// settings: the `[databases]` entry (or `*`), per-user and global settings.
+    fn plan(&self, db: &str, client_user: &str) -> Result<Plan, ClientError> {
         let c = &self.config;
         let entry = c.databases.get(db).or_else(|| c.databases.get("*")).ok_or_else(|| {
             ClientError::fatal(
@@ -125,14 +133,6 @@ impl App {
             .and_then(|u| u.pool_mode)
             .or(entry.pool_mode)
             .unwrap_or(c.pool_mode);
-        let key = (db.to_owned(), server_user.clone());
-        if let Some(p) = self.pools.get(&key) {
-            return Ok(Route {
-                pool: Arc::clone(&p),
-                mode,
-            });
-        }
-
         let password = entry.password.clone().or_else(|| {
             self.secret(&server_user)
                 .and_then(|s| s.for_server_login())
@@ -187,23 +187,106 @@ impl App {
             reset_always: c.server_reset_query_always,
             wait_notify: seconds(c.query_wait_notify),
         };
-        let db_limit = entry.max_db_connections.unwrap_or(c.max_db_connections);
-        let user_limit = user_cfg
-            .and_then(|u| u.max_user_connections)
-            .unwrap_or(c.max_user_connections);
+        Ok(Plan {
+            key: (db.to_owned(), server_user),
+            target,
+            settings,
+            mode,
+            db_limit: entry.max_db_connections.unwrap_or(c.max_db_connections),
+            user_limit: user_cfg
+                .and_then(|u| u.max_user_connections)
+                .unwrap_or(c.max_user_connections),
+        })
+    }
+}
+
+impl App {
+    pub fn new(loaded: &Loaded) -> Arc<App> {
+        Arc::new(App {
+            current: ArcSwap::from_pointee(Current::new(loaded)),
+            path: loaded.path.clone(),
+            pools: DashMap::new(),
+            db_limits: DashMap::new(),
+            user_limits: DashMap::new(),
+            clients: AtomicUsize::new(0),
+            cancels: cancel::Registry::default(),
+            shutdown: tokio::sync::watch::Sender::new(Shutdown::Running),
+            next_client_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The configuration in force (a snapshot: a reload does not change it under you).
+    pub fn current(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Finds (or creates) the pool for a client's database and user.
+    pub fn route(&self, db: &str, client_user: &str) -> Result<Route, ClientError> {
+        let plan = self.current().plan(db, client_user)?;
+        if let Some(p) = self.pools.get(&plan.key) {
+            return Ok(Route {
+                pool: Arc::clone(&p),
+                mode: plan.mode,
+            });
+        }
         let limits = [
-            shared_limit(&self.db_limits, db, db_limit),
-            shared_limit(&self.user_limits, &server_user, user_limit),
+            shared_limit(&self.db_limits, &plan.key.0, plan.db_limit),
+            shared_limit(&self.user_limits, &plan.key.1, plan.user_limit),
         ]
         .into_iter()
         .flatten()
         .collect();
+        let (db, user) = plan.key.clone();
         let pool = self
             .pools
-            .entry(key)
-            .or_insert_with(|| Pool::new(db.to_owned(), server_user, target, settings, limits))
+            .entry(plan.key)
+            .or_insert_with(|| Pool::new(db, user, plan.target, plan.settings, limits))
             .clone();
-        Ok(Route { pool, mode })
+        Ok(Route { pool, mode: plan.mode })
+    }
+
+    /// Re-reads the config file and applies it: users and passwords, databases, pool
+    /// sizes and timeouts, without dropping anyone. An invalid file changes nothing.
+    /// Listener addresses and max_db/max_user_connections need a restart.
+    pub fn reload(&self) -> Result<(), config::ConfigError> {
+        let loaded = config::load(&self.path)?;
+        let old = self.current();
+        for (what, changed) in [
+            ("listen_addr", old.config.listen_addr != loaded.config.listen_addr),
+            ("listen_port", old.config.listen_port != loaded.config.listen_port),
+            (
+                "unix_socket_dir",
+                old.config.unix_socket_dir != loaded.config.unix_socket_dir,
+            ),
+            (
+                "max_db_connections",
+                old.config.max_db_connections != loaded.config.max_db_connections,
+            ),
+            (
+                "max_user_connections",
+                old.config.max_user_connections != loaded.config.max_user_connections,
+            ),
+        ] {
+            if changed {
+                tracing::warn!("{what} changed: it takes effect at the next restart");
+            }
+        }
+        let current = Arc::new(Current::new(&loaded));
+        self.current.store(Arc::clone(&current));
+        for pool in self.pools() {
+            match current.plan(&pool.db, &pool.user) {
+                Ok(plan) => pool.update(plan.target, plan.settings),
+                Err(_) => {
+                    tracing::warn!(db = %pool.db, "database no longer configured: its connected clients go on, new ones are refused")
+                }
+            }
+        }
+        tracing::info!(config = %self.path.display(), "configuration reloaded");
+        Ok(())
     }
 
     pub fn connected_clients(&self) -> usize {

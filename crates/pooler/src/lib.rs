@@ -29,7 +29,7 @@ pub use config::{load, Config, Loaded};
 /// the runtime stops.
 pub async fn start(loaded: &Loaded) -> anyhow::Result<Arc<App>> {
     let app = App::new(loaded);
-    let listeners = listener::Listeners::bind(&app.config).await?;
+    let listeners = listener::Listeners::bind(&app.current().config).await?;
     listeners.spawn(Arc::clone(&app));
     let housekeeping = Arc::downgrade(&app);
     tokio::spawn(async move {

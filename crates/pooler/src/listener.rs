@@ -82,7 +82,7 @@ impl Listeners {
                     tokio::select! {
                         accepted = l.accept() => match accepted {
                             Ok((s, peer)) => {
-                                tune_tcp(&s, app.config.tcp_keepalive);
+                                tune_tcp(&s, app.current().config.tcp_keepalive);
                                 tokio::spawn(client::serve(Arc::clone(&app), Stream::Tcp(s), peer.to_string()));
                             }
                             Err(e) => accept_error(e).await,

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
@@ -99,8 +100,10 @@ pub struct PoolCounts {
 pub struct Pool {
     pub db: String,
     pub user: String,
-    pub target: Arc<ServerTarget>,
-    pub settings: PoolSettings,
+    /// Replaced on reload; servers made for an older target close when released.
+    target_cell: ArcSwap<ServerTarget>,
+    /// Replaced on reload.
+    settings_cell: ArcSwap<PoolSettings>,
     state: Mutex<State>,
     limits: Vec<Arc<Semaphore>>,
     /// ParameterStatus values of the first server login, shown to clients at login.
@@ -118,8 +121,8 @@ impl Pool {
         Arc::new(Pool {
             db,
             user,
-            target: Arc::new(target),
-            settings,
+            target_cell: ArcSwap::from_pointee(target),
+            settings_cell: ArcSwap::from_pointee(settings),
             state: Mutex::new(State::default()),
             limits,
             welcome: Mutex::new(None),
@@ -150,7 +153,7 @@ impl Pool {
             let now = Instant::now();
             let mut expired = Vec::new();
             while let Some(conn) = s.idle.pop() {
-                if conn.expired(now, self.settings.lifetime, self.settings.idle_timeout) || conn.is_dead() {
+                if conn.expired(now, self.settings().lifetime, self.settings().idle_timeout) || conn.is_dead() {
                     expired.push(conn);
                     continue;
                 }
@@ -182,7 +185,8 @@ impl Pool {
         let mut s = self.state.lock();
         s.active = s.active.saturating_sub(1);
         let now = Instant::now();
-        if !reusable || conn.expired(now, self.settings.lifetime, None) {
+        let stale = !Arc::ptr_eq(&conn.target, &*self.target_cell.load());
+        if !reusable || stale || conn.expired(now, self.settings().lifetime, None) {
             self.spawn_connects(&mut s);
             drop(s);
             close_all(vec![conn]);
@@ -218,8 +222,9 @@ impl Pool {
         let reserve_open = s
             .waiters
             .front()
-            .is_some_and(|w| w.since.elapsed() >= self.settings.reserve_timeout);
-        self.settings.size + if reserve_open { self.settings.reserve_size } else { 0 }
+            .is_some_and(|w| w.since.elapsed() >= self.settings().reserve_timeout);
+        let settings = self.settings();
+        settings.size + if reserve_open { settings.reserve_size } else { 0 }
     }
 
     /// Starts as many connects as waiting clients need, within the pool's capacity and
@@ -247,7 +252,7 @@ impl Pool {
     /// Opens connections up to `min_pool_size` (called after logins and releases).
     pub fn fill_min(self: &Arc<Self>) {
         let mut s = self.state.lock();
-        let missing = self.settings.min_size.saturating_sub(s.total());
+        let missing = self.settings().min_size.saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
         for _ in 0..missing.min(slots) {
             self.spawn_connect(&mut s);
@@ -273,7 +278,7 @@ impl Pool {
                 }
             }
             Err(e) => {
-                warn!(error = %e, target = %self.target.describe(), "server login failed");
+                warn!(error = %e, target = %self.target().describe(), "server login failed");
                 s.last_connect_error = Some(e.clone());
                 // Nobody can serve the waiters: tell them now rather than at
                 // query_wait_timeout.
@@ -297,9 +302,9 @@ impl Pool {
         }
         let mut conn = ServerConn::connect(
             id,
-            &self.target,
-            self.settings.connect_timeout,
-            self.settings.max_packet,
+            self.target(),
+            self.settings().connect_timeout,
+            self.settings().max_packet,
         )
         .await?;
         conn._permits = permits;
@@ -336,8 +341,8 @@ impl Pool {
             let mut expired = Vec::new();
             let mut total = s.total();
             for conn in s.idle.drain(..) {
-                let old = total > self.settings.min_size
-                    && conn.expired(now, self.settings.lifetime, self.settings.idle_timeout);
+                let old = total > self.settings().min_size
+                    && conn.expired(now, self.settings().lifetime, self.settings().idle_timeout);
                 if old || conn.is_dead() {
                     total -= 1;
                     expired.push(conn);
@@ -376,7 +381,7 @@ struct Checkout<'a> {
 
 impl Checkout<'_> {
     async fn wait(&mut self) -> Result<ServerConn, AcquireError> {
-        let settings = &self.pool.settings;
+        let settings = self.pool.settings();
         let started = Instant::now();
         let deadline = settings
             .query_wait_timeout
@@ -435,6 +440,30 @@ impl Drop for Checkout<'_> {
 }
 
 impl Pool {
+    /// The pool's current settings (cheap: an atomic load).
+    #[inline]
+    pub fn settings(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings_cell.load()
+    }
+
+    /// Where the pool's servers log in now.
+    pub fn target(&self) -> Arc<ServerTarget> {
+        self.target_cell.load_full()
+    }
+
+    /// Applies a reloaded configuration: new sizes and timeouts take effect at once
+    /// (waiting clients may get new servers); servers of a changed target are closed
+    /// as they are released.
+    pub fn update(self: &Arc<Self>, target: ServerTarget, settings: PoolSettings) {
+        if *self.target_cell.load_full() != target {
+            self.target_cell.store(Arc::new(target));
+            let idle = std::mem::take(&mut self.state.lock().idle);
+            close_all(idle);
+        }
+        self.settings_cell.store(Arc::new(settings));
+        self.kick();
+    }
+
     /// True when every shared limit this pool is under has a free permit.
     pub fn limits_free(&self) -> bool {
         self.limits.iter().all(|l| l.available_permits() > 0)

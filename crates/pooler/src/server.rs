@@ -1,6 +1,7 @@
 //! Server connections: log in to PostgreSQL as a client would, then hand the socket to
 //! the pool. After login the connection is only a pair of byte halves and a buffer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -58,6 +59,8 @@ pub enum ConnectError {
 /// A logged-in server connection, idle or linked to a client.
 pub struct ServerConn {
     pub id: u64,
+    /// What it logged in to (a reload may point the pool elsewhere).
+    pub target: Arc<ServerTarget>,
     pub rd: ReadHalf,
     pub wr: WriteHalf,
     /// Bytes read from the server and not yet forwarded.
@@ -78,7 +81,7 @@ impl ServerConn {
     /// Opens a connection and logs in, all within `timeout`.
     pub async fn connect(
         id: u64,
-        target: &ServerTarget,
+        target: Arc<ServerTarget>,
         timeout: Option<Duration>,
         max_packet: u32,
     ) -> Result<ServerConn, ConnectError> {
@@ -91,7 +94,8 @@ impl ServerConn {
         }
     }
 
-    async fn connect_inner(id: u64, t: &ServerTarget, max_packet: u32) -> Result<ServerConn, ConnectError> {
+    async fn connect_inner(id: u64, target: Arc<ServerTarget>, max_packet: u32) -> Result<ServerConn, ConnectError> {
+        let t = &*target;
         let io_err = |e: std::io::Error| ConnectError::Io {
             addr: t.describe(),
             reason: e.to_string(),
@@ -214,6 +218,7 @@ impl ServerConn {
         let now = Instant::now();
         Ok(ServerConn {
             id,
+            target: Arc::clone(&target),
             rd,
             wr,
             buf,

@@ -6,11 +6,14 @@
 //!
 //! A second signal shortens the wait: TERM then INT waits only for servers; INT then
 //! anything exits at once.
+//!
+//! SIGHUP reloads the configuration ([`App::reload`]); a broken file is reported and
+//! the running configuration stays.
 
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::app::App;
 
@@ -35,11 +38,12 @@ impl Shutdown {
     }
 }
 
-/// Waits for signals and returns when the pooler may exit.
+/// Handles signals (reload, shutdown) and returns when the pooler may exit.
 pub async fn run_until_shutdown(app: &App) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut mode = Shutdown::Running;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -47,6 +51,12 @@ pub async fn run_until_shutdown(app: &App) -> std::io::Result<()> {
             _ = term.recv() => Some(Shutdown::WaitForClients),
             _ = int.recv() => Some(Shutdown::WaitForServers),
             _ = quit.recv() => Some(Shutdown::Immediate),
+            _ = hup.recv() => {
+                if let Err(e) = app.reload() {
+                    error!("reload failed, keeping the running configuration: {e}");
+                }
+                None
+            }
             _ = tick.tick() => None,
         };
         if let Some(asked) = asked {

@@ -48,6 +48,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
     let id = app.next_client_id();
     let span = info_span!("client", id, peer = %peer);
     async move {
+        let current = app.current();
         let connected = app.clients.fetch_add(1, Ordering::Relaxed) + 1;
         let _slot = ClientSlot(&app);
         let (rd, wr) = stream.into_split();
@@ -55,11 +56,11 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             rd,
             wr,
             buf: BytesMut::with_capacity(4096),
-            scan: Scanner::new(app.config.max_packet_size, 64 * 1024),
+            scan: Scanner::new(current.config.max_packet_size, 64 * 1024),
         };
         let registration = app.cancels.register();
         let login = login(&app, &mut client, connected, (registration.pid, registration.key));
-        let login = match seconds(app.config.client_login_timeout) {
+        let login = match seconds(current.config.client_login_timeout) {
             Some(t) => tokio::time::timeout(t, login).await.unwrap_or_else(|_| {
                 Err(ClientError::protocol(
                     "client_login_timeout (server down or auth failure)",
@@ -76,7 +77,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
                 return;
             }
             Err(e) => {
-                if app.config.log_pooler_errors {
+                if current.config.log_pooler_errors {
                     info!(code = %e.code, "login failed: {}", e.message);
                 }
                 send_error(&mut client, &e).await;
@@ -91,7 +92,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             session,
         )
         .await;
-        if app.config.log_disconnections {
+        if current.config.log_disconnections {
             info!(db = %route.pool.db, user = %route.pool.user, "closing because: {reason}");
         }
     }
@@ -106,15 +107,16 @@ async fn login(
     connected: usize,
     (cancel_pid, cancel_key): (i32, i32),
 ) -> Result<Option<(Route, SessionState)>, ClientError> {
+    let current = app.current();
     let msg = match startup::read(client).await? {
         startup::Startup::Login(msg) => msg,
         startup::Startup::Cancel { pid, key } => {
-            let timeout = seconds(app.config.cancel_wait_timeout).unwrap_or(std::time::Duration::from_secs(3600));
+            let timeout = seconds(current.config.cancel_wait_timeout).unwrap_or(std::time::Duration::from_secs(3600));
             app.cancels.cancel(pid, key, timeout).await;
             return Ok(None);
         }
     };
-    if connected > app.config.max_client_conn as usize {
+    if connected > current.config.max_client_conn as usize {
         return Err(ClientError::protocol("no more connections allowed (max_client_conn)"));
     }
     let user = msg.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
@@ -124,16 +126,16 @@ async fn login(
         )
     })?;
     let db = msg.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
-    if let Some(p) = app.unsupported_parameter(&msg.params) {
+    if let Some(p) = current.unsupported_parameter(&msg.params) {
         return Err(ClientError::protocol(format!("unsupported startup parameter: {p}"))
             .hint("add it to ignore_startup_parameters in the pooler config"));
     }
-    if app.config.log_connections {
+    if current.config.log_connections {
         info!(db, user, "login attempt");
     }
 
-    let secret = app.secret(user);
-    if app.config.auth_type == AuthType::Trust && secret.is_none() {
+    let secret = current.secret(user);
+    if current.config.auth_type == AuthType::Trust && secret.is_none() {
         // PgBouncer's trust still requires the user to be listed in auth_file.
         return Err(ClientError::password_failed(user));
     }
@@ -142,7 +144,7 @@ async fn login(
         wr: &mut client.wr,
         buf: &mut client.buf,
     };
-    auth::authenticate(&mut hs, app.config.auth_type, user, secret).await?;
+    auth::authenticate(&mut hs, current.config.auth_type, user, secret).await?;
 
     let route = app.route(db, user)?;
     let welcome = match route.pool.welcome() {

@@ -532,12 +532,12 @@ pub async fn run(
         terminate: false,
         discard: None,
         session,
-        clock: route.pool.settings.timeouts.any().then(|| Clock {
+        clock: route.pool.settings().timeouts.any().then(|| Clock {
             idle_since: Some(Instant::now()),
             ..Clock::default()
         }),
     };
-    let timeouts = route.pool.settings.timeouts;
+    let timeouts = route.pool.settings().timeouts;
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(far_future()));
     tokio::pin!(timer);
     loop {
@@ -665,8 +665,8 @@ pub async fn run(
                 // Unreported settings changed on this server: back to its defaults
                 // (RESET ALL keeps prepared statements, unlike DISCARD ALL).
                 let mut ok = !tx.session.dirty || server.simple_query("RESET ALL").await.is_ok();
-                if ok && route.pool.settings.reset_always {
-                    if let Some(q) = &route.pool.settings.reset_query {
+                if ok && route.pool.settings().reset_always {
+                    if let Some(q) = &route.pool.settings().reset_query {
                         ok = server.simple_query(q).await.is_ok();
                     }
                 }
@@ -676,7 +676,7 @@ pub async fn run(
             LinkEnd::Timeout(expired) => {
                 // A query still running would keep the server busy for nobody.
                 if tx.pending_rfq > 0 || tx.in_batch {
-                    let (target, pid, key) = (Arc::clone(&route.pool.target), server.backend_pid, server.backend_key);
+                    let (target, pid, key) = (Arc::clone(&server.target), server.backend_pid, server.backend_key);
                     tokio::spawn(async move { crate::cancel::cancel_server(&target, pid, key).await });
                 }
                 route.pool.release(server, false);
@@ -723,7 +723,7 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty
         route.pool.release(server, false);
         return;
     }
-    let settings = &route.pool.settings;
+    let settings = route.pool.settings();
     let reset = match route.mode {
         PoolMode::Session => settings.reset_query.as_deref(),
         _ if settings.reset_always => settings.reset_query.as_deref(),
@@ -740,7 +740,7 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty
 /// `query_wait_notify`: why this client waits, while it still waits.
 fn wait_notice(route: &Route) -> ClientError {
     let c = route.pool.counts();
-    let s = &route.pool.settings;
+    let s = route.pool.settings();
     ClientError {
         severity: Severity::Notice,
         ..ClientError::fatal(
@@ -799,7 +799,11 @@ async fn acquire_watching(
     let cancelled = link.queue_cancelled();
     tokio::pin!(cancelled);
     cancelled.as_mut().enable();
-    let notify_at = route.pool.settings.wait_notify.map(|d| tokio::time::Instant::now() + d);
+    let notify_at = route
+        .pool
+        .settings()
+        .wait_notify
+        .map(|d| tokio::time::Instant::now() + d);
     let mut notified = false;
     loop {
         if !link.still_waiting() {
@@ -813,7 +817,7 @@ async fn acquire_watching(
             biased;
             got = &mut acquire => {
                 let server = got.map_err(Waited::Pool)?;
-                if link.try_link(server.backend_pid, server.backend_key, Arc::clone(&route.pool.target)) {
+                if link.try_link(server.backend_pid, server.backend_key, Arc::clone(&server.target)) {
                     return Ok(server);
                 }
                 // Cancelled in the same instant: the server was never used.
