@@ -57,6 +57,11 @@ impl ClientLink {
         self.state.lock().0 = State::Waiting;
     }
 
+    /// The client got a server without waiting: one step from idle to linked.
+    pub fn link_now(&self, pid: i32, key: i32, target: Arc<ServerTarget>) {
+        self.state.lock().0 = State::Linked { pid, key, target };
+    }
+
     /// The client got a server. False if a cancel took it out of the queue first.
     pub fn try_link(&self, pid: i32, key: i32, target: Arc<ServerTarget>) -> bool {
         let mut s = self.state.lock();

@@ -202,22 +202,34 @@ fn classify_one(stmt: &str) -> Effect {
 
 /// Cheap test run on every short query: could it change session state? Only then is
 /// [`classify`] (which allocates) worth calling.
+/// One pass over the bytes; only statement starts (the first, and after each `;`)
+/// and underscores (for `set_config`) are looked at closely. False positives only
+/// cost a [`classify`].
 #[inline]
 pub fn may_change_session(sql: &[u8]) -> bool {
-    // The first statement, and any after a ';' (false positives only cost a classify).
-    std::iter::once(sql)
-        .chain(sql.split(|&b| b == b';').skip(1))
-        .any(|part| {
-            let start = part.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(part.len());
-            let head = &part[start..];
-            let starts = |kw: &[u8]| head.len() > kw.len() && head[..kw.len()].eq_ignore_ascii_case(kw);
-            starts(b"set") || starts(b"reset") || starts(b"discard")
-        })
-        || contains_ignore_case(sql, b"set_config")
-}
-
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    let starts_session_keyword = |from: usize| {
+        let rest = &sql[from..];
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(rest.len());
+        let head = &rest[start..];
+        let starts = |kw: &[u8]| head.len() > kw.len() && head[..kw.len()].eq_ignore_ascii_case(kw);
+        starts(b"set") || starts(b"reset") || starts(b"discard")
+    };
+    if starts_session_keyword(0) {
+        return true;
+    }
+    for (i, &b) in sql.iter().enumerate() {
+        match b {
+            b';' if starts_session_keyword(i + 1) => return true,
+            b'_' if i >= 3
+                && sql[i - 3..i].eq_ignore_ascii_case(b"set")
+                && sql.get(i + 1..i + 7).is_some_and(|w| w.eq_ignore_ascii_case(b"config")) =>
+            {
+                return true
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `'value'` with quotes doubled, for SET statements Sluice writes itself.

@@ -102,6 +102,8 @@ pub struct Pool {
     pub user: String,
     /// Replaced on reload; servers made for an older target close when released.
     target_cell: ArcSwap<ServerTarget>,
+    /// Bumped when the target changes (cheaper to compare than the target).
+    target_gen: AtomicU64,
     /// Replaced on reload.
     settings_cell: ArcSwap<PoolSettings>,
     state: Mutex<State>,
@@ -122,6 +124,7 @@ impl Pool {
             db,
             user,
             target_cell: ArcSwap::from_pointee(target),
+            target_gen: AtomicU64::new(0),
             settings_cell: ArcSwap::from_pointee(settings),
             state: Mutex::new(State::default()),
             limits,
@@ -150,18 +153,13 @@ impl Pool {
     pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, AcquireError> {
         let (id, rx) = {
             let mut s = self.state.lock();
-            let now = Instant::now();
             let mut expired = Vec::new();
-            while let Some(conn) = s.idle.pop() {
-                if conn.expired(now, self.settings().lifetime, self.settings().idle_timeout) || conn.is_dead() {
-                    expired.push(conn);
-                    continue;
-                }
-                s.active += 1;
+            if let Some(conn) = self.pop_idle(&mut s, &mut expired) {
                 drop(s);
                 close_all(expired);
                 return Ok(conn);
             }
+            let now = Instant::now();
             let (tx, rx) = oneshot::channel();
             let id = s.next_waiter;
             s.next_waiter += 1;
@@ -179,13 +177,41 @@ impl Pool {
         checkout.wait().await
     }
 
+    /// Takes an idle server if one is free right now, without queueing: the common
+    /// case, kept free of the queue's machinery. (A None must be followed by
+    /// [`Pool::acquire`], which checks again under the same lock it queues under.)
+    pub fn try_acquire(&self) -> Option<ServerConn> {
+        let mut s = self.state.lock();
+        let mut expired = Vec::new();
+        let conn = self.pop_idle(&mut s, &mut expired);
+        drop(s);
+        close_all(expired);
+        conn
+    }
+
+    /// The most recently used idle server that is still good; expired and dead ones
+    /// go to `expired` for closing outside the lock.
+    fn pop_idle(&self, s: &mut State, expired: &mut Vec<ServerConn>) -> Option<ServerConn> {
+        let settings = self.settings();
+        let now = Instant::now();
+        while let Some(conn) = s.idle.pop() {
+            if conn.expired(now, settings.lifetime, settings.idle_timeout) || conn.is_dead() {
+                expired.push(conn);
+                continue;
+            }
+            s.active += 1;
+            return Some(conn);
+        }
+        None
+    }
+
     /// Gives a server back after a client is done with it. `reusable` is false when
     /// the server is not at a clean protocol boundary (it is then closed).
     pub fn release(self: &Arc<Self>, conn: ServerConn, reusable: bool) {
         let mut s = self.state.lock();
         s.active = s.active.saturating_sub(1);
         let now = Instant::now();
-        let stale = !Arc::ptr_eq(&conn.target, &*self.target_cell.load());
+        let stale = conn.target_gen != self.target_gen.load(Ordering::Relaxed);
         if !reusable || stale || conn.expired(now, self.settings().lifetime, None) {
             self.spawn_connects(&mut s);
             drop(s);
@@ -300,6 +326,7 @@ impl Pool {
                 .map_err(|_| ConnectError::Protocol("pooler is shutting down".into()))?;
             permits.push(permit);
         }
+        let generation = self.target_gen.load(Ordering::Relaxed);
         let mut conn = ServerConn::connect(
             id,
             self.target(),
@@ -308,6 +335,7 @@ impl Pool {
         )
         .await?;
         conn._permits = permits;
+        conn.target_gen = generation;
         Ok(conn)
     }
 
@@ -457,6 +485,7 @@ impl Pool {
     pub fn update(self: &Arc<Self>, target: ServerTarget, settings: PoolSettings) {
         if *self.target_cell.load_full() != target {
             self.target_cell.store(Arc::new(target));
+            self.target_gen.fetch_add(1, Ordering::Relaxed);
             let idle = std::mem::take(&mut self.state.lock().idle);
             close_all(idle);
         }

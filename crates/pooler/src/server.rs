@@ -61,6 +61,8 @@ pub struct ServerConn {
     pub id: u64,
     /// What it logged in to (a reload may point the pool elsewhere).
     pub target: Arc<ServerTarget>,
+    /// The pool's target generation at login.
+    pub target_gen: u64,
     pub rd: ReadHalf,
     pub wr: WriteHalf,
     /// Bytes read from the server and not yet forwarded.
@@ -73,6 +75,8 @@ pub struct ServerConn {
     pub backend_key: i32,
     /// The server's current values of reported settings (login, then ParameterStatus).
     pub params: ParamSet,
+    /// Fingerprint of the client settings it was last brought in line with (0: none).
+    pub synced_for: u64,
     /// Held while the connection exists: max_db_connections / max_user_connections.
     pub _permits: Vec<OwnedSemaphorePermit>,
 }
@@ -219,6 +223,7 @@ impl ServerConn {
         Ok(ServerConn {
             id,
             target: Arc::clone(&target),
+            target_gen: 0,
             rd,
             wr,
             buf,
@@ -228,6 +233,7 @@ impl ServerConn {
             backend_pid: backend.0,
             backend_key: backend.1,
             params: server_params.into(),
+            synced_for: 0,
             _permits: Vec::new(),
         })
     }

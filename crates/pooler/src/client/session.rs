@@ -251,6 +251,7 @@ fn cstr(b: &[u8]) -> &[u8] {
 struct ServerSide<'a> {
     tx: &'a mut TxTracker,
     server_params: &'a mut ParamSet,
+    server_synced_for: &'a mut u64,
     mode: PoolMode,
     client_at_boundary: bool,
     release: &'a mut bool,
@@ -302,7 +303,8 @@ impl ScanHandler for ServerSide<'_> {
             if let Some((name, value)) = backend::parse_parameter_status(body) {
                 self.server_params.set(name, value);
                 if params::reported(name).is_some() {
-                    self.tx.session.desired.set(name, value);
+                    self.tx.session.set_reported(name, value);
+                    *self.server_synced_for = self.tx.session.fingerprint;
                 }
             }
         } else if h.tag == COMMAND_COMPLETE && body.starts_with(b"ROLLBACK") {
@@ -410,6 +412,7 @@ impl Link<'_> {
                     }
                 }
                 backend::ERROR_RESPONSE => {
+                    self.server.synced_for = 0;
                     let e = backend::parse_error_fields(&msg[5..]);
                     tracing::warn!(code = %e.code, "bringing the server in line with the client failed: {}", e.message);
                 }
@@ -460,6 +463,7 @@ impl Link<'_> {
                         let mut side = ServerSide {
                             tx: self.tx,
                             server_params: &mut self.server.params,
+                            server_synced_for: &mut self.server.synced_for,
                             mode: self.mode,
                             client_at_boundary: self.client.scan.at_boundary(),
                             release: &mut self.release,
@@ -576,12 +580,22 @@ pub async fn run(
             }
         }
 
-        if shutdown.borrow().stops_transactions() {
+        // has_changed is an atomic read; the state is only looked at once it moved.
+        if shutdown.has_changed().unwrap_or(true) && shutdown.borrow().stops_transactions() {
             send_error(client, &shutting_down()).await;
             return "pooler shutdown";
         }
-        link.waiting();
-        let mut server = match acquire_watching(client, &mut tx, route, link, &mut shutdown).await {
+        let got = match route.pool.try_acquire() {
+            Some(server) => {
+                link.link_now(server.backend_pid, server.backend_key, Arc::clone(&server.target));
+                Ok(server)
+            }
+            None => {
+                link.waiting();
+                acquire_watching(client, &mut tx, route, link, &mut shutdown).await
+            }
+        };
+        let mut server = match got {
             Ok(s) => s,
             Err(Waited::Cancelled) => {
                 debug!(pending = tx.pending_rfq, in_batch = tx.in_batch, "wait cancelled");
@@ -627,7 +641,14 @@ pub async fn run(
 
         // Bring the server in line with this client, pipelined before its first message.
         let mut swallow = 0;
-        if let Some(sql) = tx.session.sync_query(&server.params) {
+        let in_line = server.synced_for == tx.session.fingerprint && tx.session.sets.is_empty();
+        let sync = if in_line {
+            None
+        } else {
+            tx.session.sync_query(&server.params)
+        };
+        server.synced_for = tx.session.fingerprint;
+        if let Some(sql) = sync {
             let mut out = BytesMut::new();
             let _ = frontend::build::query(&sql, &mut out);
             if server.wr.write_all(&out).await.is_err() {
@@ -889,6 +910,7 @@ impl ServerConn {
                     backend::PARAMETER_STATUS => {
                         if let Some((name, value)) = backend::parse_parameter_status(&msg[5..]) {
                             self.params.set(name, value);
+                            self.synced_for = 0;
                         }
                     }
                     READY_FOR_QUERY => {

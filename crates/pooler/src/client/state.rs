@@ -25,15 +25,37 @@ pub struct SessionState {
     /// The linked server ran something that changed unreported state: it must be
     /// `RESET ALL` before another client uses it.
     pub dirty: bool,
+    /// A digest of the client's reported settings: a server last brought in line for
+    /// the same digest needs no comparison (the common case: every client of an app
+    /// has the same settings).
+    pub fingerprint: u64,
 }
 
 impl SessionState {
     pub fn new(desired: ParamSet, sets: Vec<(String, String)>) -> Self {
-        SessionState {
+        let mut s = SessionState {
             desired,
             sets,
             ..Default::default()
+        };
+        s.refresh_fingerprint();
+        s
+    }
+
+    /// A reported setting changed (ParameterStatus while linked).
+    pub fn set_reported(&mut self, name: &str, value: &str) {
+        self.desired.set(name, value);
+        self.refresh_fingerprint();
+    }
+
+    fn refresh_fingerprint(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for name in params::REPORTED {
+            self.desired.get(name).hash(&mut h);
         }
+        // Never 0: that marks a server nobody brought in line yet.
+        self.fingerprint = h.finish() | 1;
     }
 
     /// A Query or Parse text the client sent (only short ones are looked at), whose
