@@ -246,9 +246,9 @@ impl ServerConn {
     }
 
     /// An idle server that PostgreSQL closed (restart, `pg_terminate_backend`, idle
-    /// timeouts) or that sent something unasked (a FATAL before closing).
+    /// timeouts), as the IO driver saw it: no syscall.
     pub fn is_dead(&self) -> bool {
-        !self.buf.is_empty() || self.rd.closed_or_unexpected_data()
+        !self.buf.is_empty() || self.rd.peer_closed()
     }
 
     /// Sends Terminate and drops the socket (best effort; never waits long).

@@ -39,25 +39,23 @@ pub enum WriteHalf {
 }
 
 impl ReadHalf {
-    /// True when the peer closed the socket or sent something while nobody was
-    /// reading. Costs no syscall unless the IO driver has seen the socket become
-    /// readable.
-    pub fn closed_or_unexpected_data(&self) -> bool {
+    /// True when the IO driver has seen the peer close the socket (or an error on it).
+    /// Never a syscall: the readiness the driver keeps already carries the
+    /// peer-closed bit (EPOLLRDHUP), while a plain "readable" flag stays set after most
+    /// reads and would cost a read returning EAGAIN on every check.
+    pub fn peer_closed(&self) -> bool {
         use std::future::Future;
+        use tokio::io::Interest;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let readable = match self {
-            ReadHalf::Tcp(s) => std::pin::pin!(s.readable()).poll(&mut cx),
-            ReadHalf::Unix(s) => std::pin::pin!(s.readable()).poll(&mut cx),
+        let ready = match self {
+            ReadHalf::Tcp(s) => std::pin::pin!(s.ready(Interest::READABLE)).poll(&mut cx),
+            ReadHalf::Unix(s) => std::pin::pin!(s.ready(Interest::READABLE)).poll(&mut cx),
         };
-        if readable.is_pending() {
-            return false;
+        match ready {
+            Poll::Ready(Ok(r)) => r.is_read_closed() || r.is_error(),
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
         }
-        let mut probe = [0u8; 1];
-        let read = match self {
-            ReadHalf::Tcp(s) => s.try_read(&mut probe),
-            ReadHalf::Unix(s) => s.try_read(&mut probe),
-        };
-        !matches!(read, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
