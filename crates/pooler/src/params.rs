@@ -217,19 +217,14 @@ pub fn may_change_session(sql: &[u8]) -> bool {
     if starts_session_keyword(0) {
         return true;
     }
-    for (i, &b) in sql.iter().enumerate() {
-        match b {
-            b';' if starts_session_keyword(i + 1) => return true,
-            b'_' if i >= 3
+    memchr::memchr2_iter(b';', b'_', sql).any(|i| match sql[i] {
+        b';' => starts_session_keyword(i + 1),
+        _ => {
+            i >= 3
                 && sql[i - 3..i].eq_ignore_ascii_case(b"set")
-                && sql.get(i + 1..i + 7).is_some_and(|w| w.eq_ignore_ascii_case(b"config")) =>
-            {
-                return true
-            }
-            _ => {}
+                && sql.get(i + 1..i + 7).is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
         }
-    }
-    false
+    })
 }
 
 /// `'value'` with quotes doubled, for SET statements Sluice writes itself.

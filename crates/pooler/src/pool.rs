@@ -69,8 +69,10 @@ struct Waiter {
     tx: oneshot::Sender<Delivery>,
 }
 
-#[derive(Default)]
 struct State {
+    /// The pool's settings as of the last reload, read under the lock the hot path
+    /// holds anyway (no separate atomic load per acquire/release).
+    settings: Arc<PoolSettings>,
     /// Idle servers, most recently used last (LIFO, as PgBouncer's default).
     idle: Vec<ServerConn>,
     waiters: VecDeque<Waiter>,
@@ -79,6 +81,20 @@ struct State {
     connecting: usize,
     next_waiter: u64,
     last_connect_error: Option<ConnectError>,
+}
+
+impl State {
+    fn new(settings: Arc<PoolSettings>) -> State {
+        State {
+            settings,
+            idle: Vec::new(),
+            waiters: VecDeque::new(),
+            active: 0,
+            connecting: 0,
+            next_waiter: 0,
+            last_connect_error: None,
+        }
+    }
 }
 
 impl State {
@@ -125,8 +141,8 @@ impl Pool {
             user,
             target_cell: ArcSwap::from_pointee(target),
             target_gen: AtomicU64::new(0),
-            settings_cell: ArcSwap::from_pointee(settings),
-            state: Mutex::new(State::default()),
+            settings_cell: ArcSwap::from_pointee(settings.clone()),
+            state: Mutex::new(State::new(Arc::new(settings))),
             limits,
             welcome: Mutex::new(None),
         })
@@ -192,10 +208,10 @@ impl Pool {
     /// The most recently used idle server that is still good; expired and dead ones
     /// go to `expired` for closing outside the lock.
     fn pop_idle(&self, s: &mut State, expired: &mut Vec<ServerConn>) -> Option<ServerConn> {
-        let settings = self.settings();
         let now = Instant::now();
+        let (lifetime, idle_timeout) = (s.settings.lifetime, s.settings.idle_timeout);
         while let Some(conn) = s.idle.pop() {
-            if conn.expired(now, settings.lifetime, settings.idle_timeout) || conn.is_dead() {
+            if conn.expired(now, lifetime, idle_timeout) || conn.is_dead() {
                 expired.push(conn);
                 continue;
             }
@@ -212,7 +228,7 @@ impl Pool {
         s.active = s.active.saturating_sub(1);
         let now = Instant::now();
         let stale = conn.target_gen != self.target_gen.load(Ordering::Relaxed);
-        if !reusable || stale || conn.expired(now, self.settings().lifetime, None) {
+        if !reusable || stale || conn.expired(now, s.settings.lifetime, None) {
             self.spawn_connects(&mut s);
             drop(s);
             close_all(vec![conn]);
@@ -248,9 +264,8 @@ impl Pool {
         let reserve_open = s
             .waiters
             .front()
-            .is_some_and(|w| w.since.elapsed() >= self.settings().reserve_timeout);
-        let settings = self.settings();
-        settings.size + if reserve_open { settings.reserve_size } else { 0 }
+            .is_some_and(|w| w.since.elapsed() >= s.settings.reserve_timeout);
+        s.settings.size + if reserve_open { s.settings.reserve_size } else { 0 }
     }
 
     /// Starts as many connects as waiting clients need, within the pool's capacity and
@@ -278,7 +293,7 @@ impl Pool {
     /// Opens connections up to `min_pool_size` (called after logins and releases).
     pub fn fill_min(self: &Arc<Self>) {
         let mut s = self.state.lock();
-        let missing = self.settings().min_size.saturating_sub(s.total());
+        let missing = s.settings.min_size.saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
         for _ in 0..missing.min(slots) {
             self.spawn_connect(&mut s);
@@ -368,9 +383,9 @@ impl Pool {
             let mut keep = Vec::with_capacity(s.idle.len());
             let mut expired = Vec::new();
             let mut total = s.total();
+            let settings = Arc::clone(&s.settings);
             for conn in s.idle.drain(..) {
-                let old = total > self.settings().min_size
-                    && conn.expired(now, self.settings().lifetime, self.settings().idle_timeout);
+                let old = total > settings.min_size && conn.expired(now, settings.lifetime, settings.idle_timeout);
                 if old || conn.is_dead() {
                     total -= 1;
                     expired.push(conn);
@@ -489,7 +504,9 @@ impl Pool {
             let idle = std::mem::take(&mut self.state.lock().idle);
             close_all(idle);
         }
-        self.settings_cell.store(Arc::new(settings));
+        let settings = Arc::new(settings);
+        self.settings_cell.store(Arc::clone(&settings));
+        self.state.lock().settings = settings;
         self.kick();
     }
 

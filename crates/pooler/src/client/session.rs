@@ -243,7 +243,7 @@ const MAX_INSPECTED: u32 = 4096;
 
 /// The bytes of a NUL-terminated string at the start of `b`.
 fn cstr(b: &[u8]) -> &[u8] {
-    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+    &b[..memchr::memchr(0, b).unwrap_or(b.len())]
 }
 
 /// Scans server bytes: decodes ReadyForQuery and ParameterStatus (and, while a SET
@@ -541,7 +541,10 @@ pub async fn run(
             ..Clock::default()
         }),
     };
+    // Read once per client: a reload applies to the pool at once and to clients'
+    // own limits from their next connection.
     let timeouts = route.pool.settings().timeouts;
+    let reset_always = route.pool.settings().reset_always;
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(far_future()));
     tokio::pin!(timer);
     loop {
@@ -686,7 +689,7 @@ pub async fn run(
                 // Unreported settings changed on this server: back to its defaults
                 // (RESET ALL keeps prepared statements, unlike DISCARD ALL).
                 let mut ok = !tx.session.dirty || server.simple_query("RESET ALL").await.is_ok();
-                if ok && route.pool.settings().reset_always {
+                if ok && reset_always {
                     if let Some(q) = &route.pool.settings().reset_query {
                         ok = server.simple_query(q).await.is_ok();
                     }
