@@ -28,6 +28,12 @@ impl ClientError {
         }
     }
 
+    /// The same error at another severity (an ERROR the session survives, a NOTICE).
+    pub fn at(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

@@ -602,13 +602,13 @@ pub async fn run(
             Ok(s) => s,
             Err(Waited::Cancelled) => {
                 debug!(pending = tx.pending_rfq, in_batch = tx.in_batch, "wait cancelled");
-                tx.discard = Some(ClientError {
-                    severity: Severity::Error,
-                    ..ClientError::fatal(
+                tx.discard = Some(
+                    ClientError::fatal(
                         sluice_wire::sqlstate::QUERY_CANCELED,
                         "canceling statement due to user request",
                     )
-                });
+                    .at(Severity::Error),
+                );
                 if let Err(reason) = answer_dropped(client, &mut tx).await {
                     return reason;
                 }
@@ -617,10 +617,7 @@ pub async fn run(
             // No server could log in: the client hears why, and keeps its connection
             // to retry (a PostgreSQL restart must not disconnect idle clients).
             Err(Waited::Pool(AcquireError::Connect(e))) => {
-                tx.discard = Some(ClientError {
-                    severity: Severity::Error,
-                    ..ClientError::from(&e)
-                });
+                tx.discard = Some(ClientError::from(&e).at(Severity::Error));
                 if let Err(reason) = answer_dropped(client, &mut tx).await {
                     return reason;
                 }
@@ -765,16 +762,14 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty
 fn wait_notice(route: &Route) -> ClientError {
     let c = route.pool.counts();
     let s = route.pool.settings();
-    ClientError {
-        severity: Severity::Notice,
-        ..ClientError::fatal(
-            "01000",
-            format!(
-                "waiting for a server connection: pool {}/{} has all {} servers busy",
-                route.pool.db, route.pool.user, c.active
-            ),
-        )
-    }
+    ClientError::fatal(
+        "01000",
+        format!(
+            "waiting for a server connection: pool {}/{} has all {} servers busy",
+            route.pool.db, route.pool.user, c.active
+        ),
+    )
+    .at(Severity::Notice)
     .detail(format!(
         "{} clients are waiting (the oldest for {:.1} s); pool size {}, reserve {}; servers being opened: {}.",
         c.waiting,
