@@ -288,3 +288,82 @@ mod tests {
         assert_eq!(parse_parameter_status(&buf[5..]), Some(("TimeZone", "UTC")));
     }
 }
+
+/// Type OIDs of the columns Sluice's admin console sends (as PgBouncer does).
+pub mod oid {
+    pub const INT4: u32 = 23;
+    pub const INT8: u32 = 20;
+    pub const TEXT: u32 = 25;
+}
+
+/// RowDescription for text-format columns of the given (name, type OID).
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    let at = begin(buf, b'T');
+    buf.put_i16(columns.len() as i16);
+    for (name, type_oid) in columns {
+        put_cstr(buf, name);
+        buf.put_i32(0); // table
+        buf.put_i16(0); // column
+        buf.put_u32(*type_oid);
+        buf.put_i16(match *type_oid {
+            oid::INT4 => 4,
+            oid::INT8 => 8,
+            _ => -1,
+        });
+        buf.put_i32(-1); // typmod
+        buf.put_i16(0); // text format
+    }
+    finish(buf, at);
+}
+
+/// DataRow of text values; None is SQL NULL.
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a str>>) {
+    let at = begin(buf, b'D');
+    buf.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                buf.put_i32(v.len() as i32);
+                buf.put_slice(v.as_bytes());
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    finish(buf, at);
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, b'C');
+    put_cstr(buf, tag);
+    finish(buf, at);
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+
+    #[test]
+    fn rows_parse_back_with_postgres_protocol() {
+        use fallible_iterator::FallibleIterator;
+        use postgres_protocol::message::backend::Message;
+        let mut buf = BytesMut::new();
+        row_description(&mut buf, &[("database", oid::TEXT), ("cl_active", oid::INT4)]);
+        data_row(&mut buf, [Some("app"), None].into_iter());
+        command_complete(&mut buf, "SHOW");
+        let Ok(Some(Message::RowDescription(rd))) = Message::parse(&mut buf) else {
+            panic!("row description")
+        };
+        let fields: Vec<_> = rd.fields().collect().unwrap();
+        assert_eq!(fields[1].name(), "cl_active");
+        assert_eq!(fields[1].type_oid(), 23);
+        let Ok(Some(Message::DataRow(row))) = Message::parse(&mut buf) else {
+            panic!("data row")
+        };
+        let values: Vec<_> = row.ranges().collect().unwrap();
+        assert!(values[1].is_none());
+        let Ok(Some(Message::CommandComplete(c))) = Message::parse(&mut buf) else {
+            panic!("complete")
+        };
+        assert_eq!(c.tag().unwrap(), "SHOW");
+    }
+}
