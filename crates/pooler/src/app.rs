@@ -1,12 +1,13 @@
 //! Shared state of a running pooler: the config, user secrets, and the pool registry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use crate::auth::StoredSecret;
@@ -16,6 +17,7 @@ use crate::errors::ClientError;
 use crate::pool::{Pool, PoolSettings};
 use crate::server::ServerTarget;
 use crate::shutdown::Shutdown;
+use crate::stats::{Averager, Totals};
 
 /// Startup parameters every client may send: forwarded or handled by Sluice.
 pub const KNOWN_STARTUP_PARAMETERS: &[&str] = &[
@@ -46,6 +48,8 @@ fn shared_limit(limits: &DashMap<String, Arc<Semaphore>>, name: &str, limit: u32
 /// The configuration in force: replaced whole on reload.
 pub struct Current {
     pub config: Config,
+    /// What it was loaded from (SET on the console edits a copy of it).
+    pub loaded: Loaded,
     secrets: HashMap<String, StoredSecret>,
     ignored_startup_parameters: Vec<String>,
 }
@@ -74,6 +78,29 @@ pub struct App {
     /// How far a shutdown has gone; listeners and sessions watch it.
     pub shutdown: tokio::sync::watch::Sender<Shutdown>,
     next_client_id: AtomicU64,
+    /// PAUSE / SUSPEND / DISABLE state from the console.
+    pub control: Mutex<Control>,
+    /// SHOW STATS averages of the last stats_period.
+    pub averages: Mutex<Averager>,
+    pub started: std::time::Instant,
+    /// The listeners are bound and accepting (/ready).
+    pub listening: std::sync::atomic::AtomicBool,
+}
+
+/// What the console has switched: paused and disabled databases.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// PAUSE without a database (or SUSPEND, or SHUTDOWN WAIT_FOR_SERVERS).
+    pub paused_all: bool,
+    pub suspended: bool,
+    pub paused: BTreeSet<String>,
+    pub disabled: BTreeSet<String>,
+}
+
+impl Control {
+    pub fn is_paused(&self, db: &str) -> bool {
+        self.paused_all || self.suspended || self.paused.contains(db)
+    }
 }
 
 /// How a client's login maps onto a pool.
@@ -95,6 +122,7 @@ impl Current {
             .collect();
         Current {
             config,
+            loaded: loaded.clone(),
             secrets,
             ignored_startup_parameters,
         }
@@ -186,6 +214,10 @@ impl Current {
             reset_query: Some(c.server_reset_query.trim().to_owned()).filter(|q| !q.is_empty()),
             reset_always: c.server_reset_query_always,
             wait_notify: seconds(c.query_wait_notify),
+            // PgBouncer: 0 = check before every use (here: whenever idle), < 0 = never.
+            check_delay: (c.server_check_delay >= 0.0 && !c.server_check_query.trim().is_empty())
+                .then(|| Duration::from_secs_f64(c.server_check_delay.max(0.0))),
+            check_query: Some(c.server_check_query.trim().to_owned()).filter(|q| !q.is_empty()),
         };
         Ok(Plan {
             key: (db.to_owned(), server_user),
@@ -212,6 +244,10 @@ impl App {
             cancels: cancel::Registry::default(),
             shutdown: tokio::sync::watch::Sender::new(Shutdown::Running),
             next_client_id: AtomicU64::new(1),
+            control: Mutex::new(Control::default()),
+            averages: Mutex::new(Averager::default()),
+            started: std::time::Instant::now(),
+            listening: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -244,7 +280,13 @@ impl App {
         let pool = self
             .pools
             .entry(plan.key)
-            .or_insert_with(|| Pool::new(db, user, plan.target, plan.settings, limits))
+            .or_insert_with(|| {
+                let pool = Pool::new(db, user, plan.target, plan.settings, limits);
+                if self.control.lock().is_paused(&pool.db) {
+                    pool.pause();
+                }
+                pool
+            })
             .clone();
         Ok(Route { pool, mode: plan.mode })
     }
@@ -254,6 +296,14 @@ impl App {
     /// Listener addresses and max_db/max_user_connections need a restart.
     pub fn reload(&self) -> Result<(), config::ConfigError> {
         let loaded = config::load(&self.path)?;
+        self.apply(&loaded);
+        tracing::info!(config = %self.path.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Puts a configuration in force (reload, or SET on the console).
+    pub fn apply(&self, loaded: &Loaded) {
+        let loaded = loaded.clone();
         let old = self.current();
         for (what, changed) in [
             ("listen_addr", old.config.listen_addr != loaded.config.listen_addr),
@@ -285,8 +335,77 @@ impl App {
                 }
             }
         }
-        tracing::info!(config = %self.path.display(), "configuration reloaded");
+    }
+
+    /// SET on the console: one setting changed in the running configuration (the
+    /// file is untouched; RELOAD goes back to it).
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), String> {
+        use figment::providers::Serialized;
+        let current = self.current();
+        if crate::admin::show::config::value_of(&current.config, key).is_none() {
+            return Err(format!("Sluice does not act on {key} yet, so it cannot be set"));
+        }
+        let mut loaded = current.loaded.clone();
+        loaded.config = figment::Figment::from(Serialized::defaults(&loaded.config))
+            .merge(Serialized::global(key, value))
+            .extract_lossy()
+            .map_err(|e| e.to_string())?;
+        config::validate(&loaded.config, &loaded.path).map_err(|e| e.to_string())?;
+        self.apply(&loaded);
         Ok(())
+    }
+
+    /// Starts (or shortens) a shutdown, as a signal or the console's SHUTDOWN does.
+    pub fn request_shutdown(&self, mode: Shutdown) {
+        self.shutdown.send_if_modified(|m| {
+            if mode > *m {
+                *m = mode;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// DISABLE db: new clients of it are refused.
+    pub fn db_disabled(&self, db: &str) -> bool {
+        let c = self.control.lock();
+        !c.disabled.is_empty() && c.disabled.contains(db)
+    }
+
+    /// Pools of one database, or all.
+    pub fn pools_of(&self, db: Option<&str>) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<Arc<Pool>> = self
+            .pools()
+            .into_iter()
+            .filter(|p| db.is_none_or(|d| p.db == d))
+            .collect();
+        pools.sort_by(|a, b| (&a.db, &a.user).cmp(&(&b.db, &b.user)));
+        pools
+    }
+
+    /// SHOW STATS totals per database.
+    pub fn db_totals(&self) -> BTreeMap<String, Totals> {
+        let mut by_db: BTreeMap<String, Totals> = BTreeMap::new();
+        for p in self.pools() {
+            *by_db.entry(p.db.clone()).or_default() += p.stats.totals();
+        }
+        by_db
+    }
+
+    /// Closes a stats_period: new averages, and the log_stats line.
+    pub fn roll_stats(&self) {
+        let totals = self.db_totals();
+        let mut avg = self.averages.lock();
+        avg.roll(std::time::Instant::now(), totals);
+        if self.current().config.log_stats {
+            let a = avg.total;
+            tracing::info!(
+                "stats: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, {} binds/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
+                a.xacts, a.queries, a.client_parses, a.server_parses, a.binds, a.received, a.sent,
+                a.xact_time_us, a.query_time_us, a.wait_time_us
+            );
+        }
     }
 
     pub fn connected_clients(&self) -> usize {
@@ -308,6 +427,7 @@ impl App {
         let pools = self.pools();
         for p in &pools {
             p.close_expired();
+            p.check_idle();
             p.fill_min();
         }
         for starving in pools.iter().filter(|p| p.counts().waiting > 0 && !p.limits_free()) {

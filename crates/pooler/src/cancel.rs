@@ -1,3 +1,6 @@
+//! The registry of connected clients: their cancel keys, what SHOW CLIENTS shows of
+//! them, and the switch KILL / KILL_CLIENT uses to end a session.
+//!
 //! Cancel requests.
 //!
 //! Each client is given a (pid, key) pair made by Sluice at login and registered here
@@ -13,8 +16,11 @@
 //! A server is not released from a client while a cancel for it is in flight
 //! ([`ClientLink::unlink`] waits), so a cancel can never reach the next client's query.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use atomic_waker::AtomicWaker;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
@@ -24,7 +30,9 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
-use crate::server::ServerTarget;
+use crate::pool::Pool;
+use crate::server::{unix_micros, ServerTarget};
+use crate::stream::Endpoints;
 
 /// Cancels in flight at once, across all pools.
 const MAX_CANCELS_IN_FLIGHT: usize = 64;
@@ -33,7 +41,9 @@ const MAX_CANCELS_IN_FLIGHT: usize = 64;
 enum State {
     #[default]
     Idle,
-    Waiting,
+    Waiting {
+        since: Instant,
+    },
     Linked {
         pid: i32,
         key: i32,
@@ -41,9 +51,79 @@ enum State {
     },
 }
 
-/// What one client is doing, as far as cancelling it goes.
+/// Who a client is, once logged in.
+pub struct ClientLogin {
+    pub db: String,
+    pub user: String,
+    pub application_name: String,
+    /// None for the admin console.
+    pub pool: Option<Arc<Pool>>,
+}
+
+/// What SHOW CLIENTS shows of one client.
+pub struct ClientRow {
+    pub id: u64,
+    pub endpoints: Endpoints,
+    pub connect_time: SystemTime,
+    pub request_time_us: u64,
+    pub db: String,
+    pub user: String,
+    pub application_name: String,
+    /// "active" (linked), "idle", "waiting", or "active_cancel_req".
+    pub state: &'static str,
+    pub waiting: Duration,
+    /// The server it is linked to.
+    pub server_id: Option<u64>,
+    pub pool: Option<Arc<Pool>>,
+}
+
+/// Ends a session from outside (KILL, KILL_CLIENT): a flag and the session's waker.
 #[derive(Default)]
+pub struct Kill {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Kill {
+    pub fn kill(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Ready once killed; registers the task to be woken otherwise.
+    pub fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.is_killed() {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_killed() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Resolves once killed.
+    pub async fn killed(&self) {
+        std::future::poll_fn(|cx| self.poll_killed(cx)).await
+    }
+}
+
+/// What one client is doing, as far as cancelling it goes, and who it is.
 pub struct ClientLink {
+    pub id: u64,
+    pub endpoints: Endpoints,
+    pub connect_time: SystemTime,
+    pub login: OnceLock<ClientLogin>,
+    /// Microseconds since the epoch of its last request for a server.
+    pub request_time_us: AtomicU64,
+    /// The server linked to it, if any.
+    pub server_id: AtomicU64,
+    pub kill: Kill,
     state: Mutex<(State, bool)>,
     /// Wakes a session waiting to unlink while a cancel is in flight.
     cancel_done: Notify,
@@ -54,7 +134,17 @@ pub struct ClientLink {
 impl ClientLink {
     /// The client queues for a server.
     pub fn waiting(&self) {
-        self.state.lock().0 = State::Waiting;
+        self.state.lock().0 = State::Waiting { since: Instant::now() };
+        self.request_time_us
+            .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    /// Records the server lent to this client (SHOW CLIENTS / SHOW SERVERS).
+    #[inline]
+    pub fn linked_to(&self, server: &crate::server::ServerMeta) {
+        let at = server.link(self.id);
+        self.server_id.store(server.id, Ordering::Relaxed);
+        self.request_time_us.store(at, Ordering::Relaxed);
     }
 
     /// The client got a server without waiting: one step from idle to linked.
@@ -65,7 +155,7 @@ impl ClientLink {
     /// The client got a server. False if a cancel took it out of the queue first.
     pub fn try_link(&self, pid: i32, key: i32, target: Arc<ServerTarget>) -> bool {
         let mut s = self.state.lock();
-        if !matches!(s.0, State::Waiting) {
+        if !matches!(s.0, State::Waiting { .. }) {
             return false;
         }
         s.0 = State::Linked { pid, key, target };
@@ -94,7 +184,33 @@ impl ClientLink {
     }
 
     pub fn still_waiting(&self) -> bool {
-        matches!(self.state.lock().0, State::Waiting)
+        matches!(self.state.lock().0, State::Waiting { .. })
+    }
+
+    /// A row of SHOW CLIENTS; None before login completes.
+    pub fn row(&self) -> Option<ClientRow> {
+        let login = self.login.get()?;
+        let (state, cancelling) = self.state.lock().clone();
+        let (state, waiting) = match state {
+            State::Idle => ("idle", Duration::ZERO),
+            State::Waiting { since } => ("waiting", since.elapsed()),
+            State::Linked { .. } if cancelling => ("active_cancel_req", Duration::ZERO),
+            State::Linked { .. } => ("active", Duration::ZERO),
+        };
+        let server_id = self.server_id.load(Ordering::Relaxed);
+        Some(ClientRow {
+            id: self.id,
+            endpoints: self.endpoints.clone(),
+            connect_time: self.connect_time,
+            request_time_us: self.request_time_us.load(Ordering::Relaxed),
+            db: login.db.clone(),
+            user: login.user.clone(),
+            application_name: login.application_name.clone(),
+            state,
+            waiting,
+            server_id: (state != "idle" && state != "waiting" && server_id != 0).then_some(server_id),
+            pool: login.pool.clone(),
+        })
     }
 }
 
@@ -128,12 +244,30 @@ impl Drop for Registration<'_> {
 }
 
 impl Registry {
+    /// Every logged-in client (SHOW CLIENTS), oldest first.
+    pub fn clients(&self) -> Vec<Arc<ClientLink>> {
+        let mut all: Vec<Arc<ClientLink>> = self.clients.iter().map(|e| Arc::clone(e.value())).collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
     /// Gives a client a fresh, unused key.
-    pub fn register(&self) -> Registration<'_> {
+    pub fn register(&self, id: u64, endpoints: Endpoints) -> Registration<'_> {
+        let link = Arc::new(ClientLink {
+            id,
+            endpoints,
+            connect_time: SystemTime::now(),
+            login: OnceLock::new(),
+            request_time_us: AtomicU64::new(0),
+            server_id: AtomicU64::new(0),
+            kill: Kill::default(),
+            state: Mutex::new((State::Idle, false)),
+            cancel_done: Notify::new(),
+            queue_cancelled: Notify::new(),
+        });
         loop {
             let pid = rand::random::<i32>() & 0x7fff_ffff;
             let key = rand::random::<i32>();
-            let link = Arc::new(ClientLink::default());
             if let dashmap::Entry::Vacant(v) = self.clients.entry((pid, key)) {
                 v.insert(Arc::clone(&link));
                 return Registration {
@@ -157,11 +291,14 @@ impl Registry {
             let mut s = link.state.lock();
             match &s.0 {
                 State::Linked { pid, key, target } => {
+                    if let Some(pool) = link.login.get().and_then(|l| l.pool.as_ref()) {
+                        pool.stats.cancels.fetch_add(1, Ordering::Relaxed);
+                    }
                     let found = (*pid, *key, Arc::clone(target));
                     s.1 = true;
                     Some(found)
                 }
-                State::Waiting => {
+                State::Waiting { .. } => {
                     s.0 = State::Idle;
                     // notify_waiters stores no permit: a session that is not waiting
                     // right now sees the state change instead (try_link fails).

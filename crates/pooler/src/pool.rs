@@ -9,8 +9,8 @@
 //! - `max_db_connections` / `max_user_connections` are semaphores shared by the pools
 //!   of one database / user; each server holds its permits while it exists.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::config::PoolMode;
-use crate::server::{ConnectError, ServerConn, ServerTarget};
+use crate::server::{ConnectError, Registration, ServerConn, ServerMeta, ServerTarget};
+use crate::stats::PoolStats;
 
 /// Connects in flight per pool: enough to fill a pool quickly after a restart without
 /// a thundering herd of logins on PostgreSQL.
@@ -48,6 +49,10 @@ pub struct PoolSettings {
     pub reset_always: bool,
     /// A client waiting this long is sent a NOTICE explaining the wait.
     pub wait_notify: Option<Duration>,
+    /// Idle servers unused this long are tested with `check_query` before reuse
+    /// (None: never).
+    pub check_delay: Option<Duration>,
+    pub check_query: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]
@@ -79,8 +84,13 @@ struct State {
     /// Servers linked to clients.
     active: usize,
     connecting: usize,
+    /// Idle servers taken out to run server_check_query.
+    testing: usize,
     next_waiter: u64,
     last_connect_error: Option<ConnectError>,
+    /// PAUSE / KILL / SUSPEND: no server is handed out or opened, and released ones
+    /// close; waiting clients stay queued until RESUME.
+    paused: bool,
 }
 
 impl State {
@@ -91,15 +101,17 @@ impl State {
             waiters: VecDeque::new(),
             active: 0,
             connecting: 0,
+            testing: 0,
             next_waiter: 0,
             last_connect_error: None,
+            paused: false,
         }
     }
 }
 
 impl State {
     fn total(&self) -> usize {
-        self.idle.len() + self.active + self.connecting
+        self.idle.len() + self.active + self.connecting + self.testing
     }
 }
 
@@ -111,6 +123,11 @@ pub struct PoolCounts {
     pub connecting: usize,
     pub waiting: usize,
     pub oldest_wait: Duration,
+    pub paused: bool,
+    /// Idle servers due for server_check_query (sv_used).
+    pub used: usize,
+    /// Servers running server_check_query (sv_tested).
+    pub testing: usize,
 }
 
 pub struct Pool {
@@ -126,6 +143,12 @@ pub struct Pool {
     limits: Vec<Arc<Semaphore>>,
     /// ParameterStatus values of the first server login, shown to clients at login.
     welcome: Mutex<Option<Welcome>>,
+    /// SHOW STATS counters.
+    pub stats: PoolStats,
+    /// Clients logged in to this pool (SHOW POOLS cl_active + cl_waiting).
+    pub clients: AtomicUsize,
+    /// Every open server connection, idle or linked (SHOW SERVERS).
+    servers: Mutex<HashMap<u64, Arc<ServerMeta>>>,
 }
 
 impl Pool {
@@ -136,7 +159,11 @@ impl Pool {
         settings: PoolSettings,
         limits: Vec<Arc<Semaphore>>,
     ) -> Arc<Pool> {
+        let stats = PoolStats::new(&db, &user, crate::telemetry::recording());
         Arc::new(Pool {
+            stats,
+            clients: AtomicUsize::new(0),
+            servers: Mutex::new(HashMap::new()),
             db,
             user,
             target_cell: ArcSwap::from_pointee(target),
@@ -150,12 +177,20 @@ impl Pool {
 
     pub fn counts(&self) -> PoolCounts {
         let s = self.state.lock();
+        let now = Instant::now();
+        let used = match s.settings.check_delay {
+            Some(d) => s.idle.iter().filter(|c| now.duration_since(c.last_used) >= d).count(),
+            None => 0,
+        };
         PoolCounts {
-            idle: s.idle.len(),
+            used,
+            testing: s.testing,
+            idle: s.idle.len() - used,
             active: s.active,
             connecting: s.connecting,
             waiting: s.waiters.len(),
             oldest_wait: s.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
+            paused: s.paused,
         }
     }
 
@@ -208,6 +243,9 @@ impl Pool {
     /// The most recently used idle server that is still good; expired and dead ones
     /// go to `expired` for closing outside the lock.
     fn pop_idle(&self, s: &mut State, expired: &mut Vec<ServerConn>) -> Option<ServerConn> {
+        if s.paused {
+            return None;
+        }
         let now = Instant::now();
         let (lifetime, idle_timeout) = (s.settings.lifetime, s.settings.idle_timeout);
         while let Some(conn) = s.idle.pop() {
@@ -227,8 +265,9 @@ impl Pool {
         let mut s = self.state.lock();
         s.active = s.active.saturating_sub(1);
         let now = Instant::now();
+        conn.meta.linked_client.store(0, Ordering::Relaxed);
         let stale = conn.target_gen != self.target_gen.load(Ordering::Relaxed);
-        if !reusable || stale || conn.expired(now, s.settings.lifetime, None) {
+        if !reusable || stale || s.paused || conn.expired(now, s.settings.lifetime, None) {
             self.spawn_connects(&mut s);
             drop(s);
             close_all(vec![conn]);
@@ -271,6 +310,9 @@ impl Pool {
     /// Starts as many connects as waiting clients need, within the pool's capacity and
     /// the per-pool bound on logins in flight.
     fn spawn_connects(self: &Arc<Self>, s: &mut State) {
+        if s.paused {
+            return;
+        }
         let needed = s.waiters.len().saturating_sub(s.connecting);
         let room = self.capacity(s).saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
@@ -293,6 +335,9 @@ impl Pool {
     /// Opens connections up to `min_pool_size` (called after logins and releases).
     pub fn fill_min(self: &Arc<Self>) {
         let mut s = self.state.lock();
+        if s.paused {
+            return;
+        }
         let missing = s.settings.min_size.saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
         for _ in 0..missing.min(slots) {
@@ -305,8 +350,14 @@ impl Pool {
         let mut s = self.state.lock();
         s.connecting -= 1;
         match result {
+            Ok(conn) if s.paused => {
+                // PAUSE came while it logged in: nobody may use it.
+                drop(s);
+                close_all(vec![conn]);
+            }
             Ok(conn) => {
                 debug!(server_pid = conn.backend_pid, "server login ok");
+                self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
                 s.last_connect_error = None;
                 {
                     let mut w = self.welcome.lock();
@@ -320,6 +371,7 @@ impl Pool {
             }
             Err(e) => {
                 warn!(error = %e, target = %self.target().describe(), "server login failed");
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 s.last_connect_error = Some(e.clone());
                 // Nobody can serve the waiters: tell them now rather than at
                 // query_wait_timeout.
@@ -332,7 +384,7 @@ impl Pool {
         }
     }
 
-    async fn login(&self, id: u64) -> Result<ServerConn, ConnectError> {
+    async fn login(self: &Arc<Self>, id: u64) -> Result<ServerConn, ConnectError> {
         let mut permits: Vec<OwnedSemaphorePermit> = Vec::with_capacity(self.limits.len());
         for limit in &self.limits {
             let permit = Arc::clone(limit)
@@ -351,6 +403,16 @@ impl Pool {
         .await?;
         conn._permits = permits;
         conn.target_gen = generation;
+        if let Some(meta) = Arc::get_mut(&mut conn.meta) {
+            meta.target_gen = generation;
+        }
+        self.servers.lock().insert(id, Arc::clone(&conn.meta));
+        let pool = Arc::downgrade(self);
+        conn.registration = Some(Registration(Box::new(move || {
+            if let Some(pool) = pool.upgrade() {
+                pool.servers.lock().remove(&id);
+            }
+        })));
         Ok(conn)
     }
 
@@ -520,5 +582,136 @@ impl Pool {
         self.limits
             .iter()
             .any(|a| other.limits.iter().any(|b| Arc::ptr_eq(a, b)))
+    }
+}
+
+/// What a server connection is doing, as SHOW SERVERS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Active,
+    Idle,
+}
+
+impl ServerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Active => "active",
+            ServerState::Idle => "idle",
+        }
+    }
+}
+
+/// One row of SHOW SERVERS.
+pub struct ServerRow {
+    pub meta: Arc<ServerMeta>,
+    pub state: ServerState,
+    /// RECONNECT, or a reload that moved the database: it closes when released.
+    pub close_needed: bool,
+}
+
+impl Pool {
+    /// Every open server connection with its state.
+    pub fn server_rows(&self) -> Vec<ServerRow> {
+        let idle: Vec<u64> = self.state.lock().idle.iter().map(|c| c.id).collect();
+        let generation = self.target_gen.load(Ordering::Relaxed);
+        let mut rows: Vec<ServerRow> = self
+            .servers
+            .lock()
+            .values()
+            .map(|m| ServerRow {
+                meta: Arc::clone(m),
+                state: if idle.contains(&m.id) {
+                    ServerState::Idle
+                } else {
+                    ServerState::Active
+                },
+                close_needed: m.target_gen != generation,
+            })
+            .collect();
+        rows.sort_by_key(|r| r.meta.id);
+        rows
+    }
+
+    /// Servers that will close when released (after RECONNECT or a moved target).
+    pub fn close_needed(&self) -> usize {
+        self.server_rows().iter().filter(|r| r.close_needed).count()
+    }
+
+    /// Open server connections (idle, linked, and logging in).
+    pub fn server_count(&self) -> usize {
+        self.state.lock().total()
+    }
+
+    /// PAUSE: hand out no server and open none; idle servers close now and linked
+    /// ones when released. Clients queue until [`Pool::resume`].
+    pub fn pause(&self) {
+        let idle = {
+            let mut s = self.state.lock();
+            s.paused = true;
+            std::mem::take(&mut s.idle)
+        };
+        close_all(idle);
+    }
+
+    /// RESUME: serve the queue again.
+    pub fn resume(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        s.paused = false;
+        self.spawn_connects(&mut s);
+    }
+
+    /// RECONNECT: every server open now closes when released; idle ones at once.
+    pub fn reconnect(&self) {
+        self.target_gen.fetch_add(1, Ordering::Relaxed);
+        let idle = std::mem::take(&mut self.state.lock().idle);
+        close_all(idle);
+    }
+}
+
+impl Pool {
+    /// `server_check_query`: idle servers unused for `server_check_delay` are tested
+    /// in the background (from housekeeping), so no client ever waits for a check;
+    /// a server that fails it is closed. Dead ones are caught without a query by
+    /// [`ServerConn::is_dead`] when handed out.
+    pub fn check_idle(self: &Arc<Self>) {
+        let (due, query) = {
+            let mut s = self.state.lock();
+            let (Some(delay), Some(query)) = (s.settings.check_delay, s.settings.check_query.clone()) else {
+                return;
+            };
+            if s.paused {
+                return;
+            }
+            let now = Instant::now();
+            let (due, keep): (Vec<ServerConn>, Vec<ServerConn>) = std::mem::take(&mut s.idle)
+                .into_iter()
+                .partition(|c| now.duration_since(c.last_used) >= delay);
+            s.idle = keep;
+            s.testing += due.len();
+            (due, query)
+        };
+        if due.is_empty() {
+            return;
+        }
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            for mut conn in due {
+                let ok = tokio::time::timeout(Duration::from_secs(10), conn.simple_query(&query))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                let mut s = pool.state.lock();
+                s.testing -= 1;
+                if !ok || s.paused {
+                    debug!(server = conn.id, "server_check_query failed: closing the server");
+                    drop(s);
+                    close_all(vec![conn]);
+                    continue;
+                }
+                conn.last_used = Instant::now();
+                if let Some(conn) = Self::hand_off(&mut s, conn) {
+                    s.idle.push(conn);
+                }
+            }
+        });
     }
 }

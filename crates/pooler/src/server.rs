@@ -1,8 +1,9 @@
 //! Server connections: log in to PostgreSQL as a client would, then hand the socket to
 //! the pool. After login the connection is only a pair of byte halves and a buffer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -16,7 +17,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::params::ParamSet;
-use crate::stream::{tune_tcp, ReadHalf, Stream, WriteHalf};
+use crate::stream::{tune_tcp, Endpoints, ReadHalf, Stream, WriteHalf};
 
 /// Where and as whom a pool logs in.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,8 +57,57 @@ pub enum ConnectError {
     Protocol(String),
 }
 
+/// What SHOW SERVERS shows of a server connection; shared with the pool's registry so
+/// it is visible while a client holds the connection.
+#[derive(Debug)]
+pub struct ServerMeta {
+    pub id: u64,
+    pub backend_pid: i32,
+    pub endpoints: Endpoints,
+    pub connect_time: SystemTime,
+    /// The pool's target generation at login (older: close when released).
+    pub target_gen: u64,
+    /// Id of the client it is linked to; 0 when idle.
+    pub linked_client: AtomicU64,
+    /// When it was last linked, in microseconds since the Unix epoch.
+    pub request_time_us: AtomicU64,
+}
+
+impl ServerMeta {
+    /// The server is lent to client `client_id` from now on.
+    /// Returns the time, in microseconds since the epoch.
+    #[inline]
+    pub fn link(&self, client_id: u64) -> u64 {
+        let at = unix_micros(SystemTime::now());
+        self.linked_client.store(client_id, Ordering::Relaxed);
+        self.request_time_us.store(at, Ordering::Relaxed);
+        at
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Removes a server from its pool's registry when the connection is dropped, however
+/// that happens.
+pub struct Registration(pub Box<dyn FnOnce() + Send + Sync>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let f = std::mem::replace(&mut self.0, Box::new(|| {}));
+        f();
+    }
+}
+
 /// A logged-in server connection, idle or linked to a client.
 pub struct ServerConn {
+    pub meta: Arc<ServerMeta>,
+    /// Removes `meta` from the pool's registry on drop.
+    pub registration: Option<Registration>,
     pub id: u64,
     /// What it logged in to (a reload may point the pool elsewhere).
     pub target: Arc<ServerTarget>,
@@ -111,6 +161,7 @@ impl ServerConn {
             tune_tcp(&s, t.tcp_keepalive);
             Stream::Tcp(s)
         };
+        let endpoints = stream.endpoints();
         let (mut rd, mut wr) = stream.into_split();
 
         let mut out = BytesMut::with_capacity(256);
@@ -221,6 +272,16 @@ impl ServerConn {
         }
         let now = Instant::now();
         Ok(ServerConn {
+            meta: Arc::new(ServerMeta {
+                id,
+                backend_pid: backend.0,
+                endpoints,
+                connect_time: SystemTime::now(),
+                target_gen: 0,
+                linked_client: AtomicU64::new(0),
+                request_time_us: AtomicU64::new(0),
+            }),
+            registration: None,
             id,
             target: Arc::clone(&target),
             target_gen: 0,

@@ -8,7 +8,8 @@
 //! anything exits at once.
 //!
 //! SIGHUP reloads the configuration ([`App::reload`]); a broken file is reported and
-//! the running configuration stays.
+//! the running configuration stays. SIGUSR1 pauses every database and SIGUSR2
+//! resumes, as the console's PAUSE and RESUME.
 
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub async fn run_until_shutdown(app: &App) -> std::io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut mode = Shutdown::Running;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -57,8 +60,23 @@ pub async fn run_until_shutdown(app: &App) -> std::io::Result<()> {
                 }
                 None
             }
+            _ = usr1.recv() => {
+                info!("SIGUSR1: pausing all databases");
+                crate::admin::command::pause_all(app);
+                None
+            }
+            _ = usr2.recv() => {
+                info!("SIGUSR2: resuming");
+                crate::admin::command::resume_all(app);
+                None
+            }
             _ = tick.tick() => None,
         };
+        // SHUTDOWN on the console moves the state directly.
+        let requested = *app.shutdown.borrow();
+        if requested > mode {
+            mode = requested;
+        }
         if let Some(asked) = asked {
             let next = match (mode, asked) {
                 // A repeated or weaker signal moves one step further.

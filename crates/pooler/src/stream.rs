@@ -102,3 +102,34 @@ pub fn tune_tcp(s: &TcpStream, keepalive: bool) {
         let _ = socket2::SockRef::from(s).set_keepalive(true);
     }
 }
+
+/// Both ends of a connection, for SHOW CLIENTS / SHOW SERVERS.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+}
+
+impl Stream {
+    /// The addresses of both ends; Unix sockets show as "unix", port 0 (as PgBouncer).
+    pub fn endpoints(&self) -> Endpoints {
+        match self {
+            Stream::Tcp(s) => {
+                let (peer, local) = (s.peer_addr().ok(), s.local_addr().ok());
+                Endpoints {
+                    addr: peer.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    port: peer.map_or(0, |a| a.port()),
+                    local_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    local_port: local.map_or(0, |a| a.port()),
+                }
+            }
+            Stream::Unix(_) => Endpoints {
+                addr: "unix".into(),
+                local_addr: "unix".into(),
+                ..Endpoints::default()
+            },
+        }
+    }
+}

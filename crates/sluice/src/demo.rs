@@ -51,6 +51,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     loaded.config.auth_file = None;
     loaded.secrets.clear();
     loaded.secrets.insert(DEMO_USER.into(), DEMO_PASSWORD.into());
+    // The demo user may also drive the admin console.
+    loaded.config.admin_users = DEMO_USER.into();
     let listen = if loaded.config.listen_addr.is_empty() {
         "127.0.0.1".to_string()
     } else {
@@ -86,6 +88,11 @@ pub fn run(config_path: &Path) -> Result<()> {
             "  PGPASSWORD={DEMO_PASSWORD} {} -c 50 -j 2 -T 10 -S -h {host} -p {port} -U {DEMO_USER} {DEMO_USER}",
             pg.bin("pgbench").display()
         );
+        println!("Admin console:");
+        println!("  psql \"host={host} port={port} user={DEMO_USER} password={DEMO_PASSWORD} dbname=pgbouncer\" -c 'SHOW POOLS;'");
+        if !loaded.config.metrics_addr.is_empty() {
+            println!("Metrics: curl http://{}/metrics", loaded.config.metrics_addr);
+        }
         println!("Ctrl-C stops Sluice and deletes the database.");
         crate::wait_for_shutdown_signal().await?;
         crate::remove_unix_socket(&loaded.config);

@@ -1,6 +1,7 @@
 //! `sluice [OPTIONS] [CONFIG]`: PgBouncer's command line, plus `--check` and `--demo`.
 
 mod demo;
+mod healthcheck;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +40,26 @@ struct Cli {
     demo: bool,
 }
 
+/// `sluice healthcheck [CONFIG]`.
+#[derive(Parser, Debug)]
+#[command(name = "sluice healthcheck")]
+struct HealthCli {
+    /// The config file Sluice runs with (default: pooler.toml).
+    config: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        let cli = HealthCli::parse_from(std::env::args().skip(1));
+        let path = cli.config.unwrap_or_else(|| PathBuf::from("pooler.toml"));
+        return match healthcheck::run(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice healthcheck: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

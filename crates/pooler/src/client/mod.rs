@@ -43,9 +43,25 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
+/// Counts the client in its pool while it is logged in.
+struct PoolSlot<'a>(&'a Route);
+
+impl Drop for PoolSlot<'_> {
+    fn drop(&mut self) {
+        self.0.pool.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a login leads to.
+enum LoggedIn {
+    Pool(Route, SessionState),
+    Admin(crate::admin::Role),
+}
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
     let id = app.next_client_id();
+    let endpoints = stream.endpoints();
     let span = info_span!("client", id, peer = %peer);
     async move {
         let current = app.current();
@@ -58,8 +74,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             buf: BytesMut::with_capacity(4096),
             scan: Scanner::new(current.config.max_packet_size, 64 * 1024),
         };
-        let registration = app.cancels.register();
-        let login = login(&app, &mut client, connected, (registration.pid, registration.key));
+        let registration = app.cancels.register(id, endpoints);
+        let login = login(&app, &mut client, connected, &registration);
         let login = match seconds(current.config.client_login_timeout) {
             Some(t) => tokio::time::timeout(t, login).await.unwrap_or_else(|_| {
                 Err(ClientError::protocol(
@@ -69,7 +85,14 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             None => login.await,
         };
         let (route, session) = match login {
-            Ok(Some(logged_in)) => logged_in,
+            Ok(Some(LoggedIn::Pool(route, session))) => (route, session),
+            Ok(Some(LoggedIn::Admin(role))) => {
+                let reason = crate::admin::serve(&app, &mut client, role, &registration.link).await;
+                if current.config.log_disconnections {
+                    info!(db = crate::admin::ADMIN_DB, "closing because: {reason}");
+                }
+                return;
+            }
             Ok(None) => return,
             // A connection closed before saying anything (port probes, health checks).
             Err(e) if e.message == startup::CLOSED_BEFORE_STARTUP => {
@@ -84,6 +107,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
                 return;
             }
         };
+        route.pool.clients.fetch_add(1, Ordering::Relaxed);
+        let _pool_slot = PoolSlot(&route);
         let reason = session::run(
             &mut client,
             &route,
@@ -105,8 +130,9 @@ async fn login(
     app: &App,
     client: &mut ClientConn,
     connected: usize,
-    (cancel_pid, cancel_key): (i32, i32),
-) -> Result<Option<(Route, SessionState)>, ClientError> {
+    registration: &crate::cancel::Registration<'_>,
+) -> Result<Option<LoggedIn>, ClientError> {
+    let (cancel_pid, cancel_key) = (registration.pid, registration.key);
     let current = app.current();
     let msg = match startup::read(client).await? {
         startup::Startup::Login(msg) => msg,
@@ -116,9 +142,6 @@ async fn login(
             return Ok(None);
         }
     };
-    if connected > current.config.max_client_conn as usize {
-        return Err(ClientError::protocol("no more connections allowed (max_client_conn)"));
-    }
     let user = msg.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
         ClientError::fatal(
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -126,6 +149,11 @@ async fn login(
         )
     })?;
     let db = msg.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    let admin = db == crate::admin::ADMIN_DB;
+    // The console stays reachable when clients have used up max_client_conn.
+    if connected > current.config.max_client_conn as usize && !admin {
+        return Err(ClientError::protocol("no more connections allowed (max_client_conn)"));
+    }
     if let Some(p) = current.unsupported_parameter(&msg.params) {
         return Err(ClientError::protocol(format!("unsupported startup parameter: {p}"))
             .hint("add it to ignore_startup_parameters in the pooler config"));
@@ -146,7 +174,25 @@ async fn login(
     };
     auth::authenticate(&mut hs, current.config.auth_type, user, secret).await?;
 
+    if admin {
+        let role = crate::admin::role(&current.config, user)?;
+        let app_name = msg.get("application_name").unwrap_or_default().to_owned();
+        let _ = registration.link.login.set(crate::cancel::ClientLogin {
+            db: db.to_owned(),
+            user: user.to_owned(),
+            application_name: app_name,
+            pool: None,
+        });
+        crate::admin::welcome(client, (cancel_pid, cancel_key)).await?;
+        return Ok(Some(LoggedIn::Admin(role)));
+    }
+
     let route = app.route(db, user)?;
+    if app.db_disabled(db) {
+        return Err(ClientError::protocol(format!(
+            "database does not allow connections: {db}"
+        )));
+    }
     let welcome = match route.pool.welcome() {
         Some(w) => w,
         None => {
@@ -184,11 +230,17 @@ async fn login(
         .write_all(&out)
         .await
         .map_err(|e| ClientError::protocol(format!("client write failed: {e}")))?;
-    Ok(Some((route, SessionState::new(desired, sets))))
+    let _ = registration.link.login.set(crate::cancel::ClientLogin {
+        db: db.to_owned(),
+        user: user.to_owned(),
+        application_name: desired.get("application_name").unwrap_or_default().to_owned(),
+        pool: Some(Arc::clone(&route.pool)),
+    });
+    Ok(Some(LoggedIn::Pool(route, SessionState::new(desired, sets))))
 }
 
 /// Best effort: the client may already be gone.
-async fn send_error(client: &mut ClientConn, e: &ClientError) {
+pub(crate) async fn send_error(client: &mut ClientConn, e: &ClientError) {
     let mut out = BytesMut::new();
     e.write(&mut out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.wr.write_all(&out)).await;

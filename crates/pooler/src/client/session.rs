@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use super::state::SessionState;
 use crate::app::Route;
-use crate::cancel::ClientLink;
+use crate::cancel::{ClientLink, Kill};
 use crate::config::PoolMode;
 use crate::errors::ClientError;
 use crate::listener::until;
@@ -40,6 +40,7 @@ use crate::params::{self, ParamSet};
 use crate::pool::{sleep_until_opt, AcquireError};
 use crate::server::ServerConn;
 use crate::shutdown::Shutdown;
+use crate::stats::{PoolStats, Request};
 use crate::stream::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
@@ -72,13 +73,15 @@ impl Timeouts {
     }
 }
 
-/// Which timeout fired, with PgBouncer's words for it.
+/// Which timeout fired (or that an admin ended the session), with PgBouncer's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
     Query,
     ClientIdle,
     IdleTransaction,
     Transaction,
+    /// KILL / KILL_CLIENT on the admin console.
+    Killed,
 }
 
 impl Expired {
@@ -88,6 +91,7 @@ impl Expired {
             Expired::ClientIdle => "client_idle_timeout",
             Expired::IdleTransaction => "idle transaction timeout",
             Expired::Transaction => "transaction timeout",
+            Expired::Killed => "admin forced disconnect",
         }
     }
 }
@@ -117,14 +121,22 @@ struct TxTracker {
     discard: Option<ClientError>,
     /// Session settings carried from server to server.
     session: SessionState,
-    /// Timing for the client-side timeouts; None when none is configured.
-    clock: Option<Clock>,
+    /// When the current request, transaction and idleness began (timeouts, stats).
+    clock: Clock,
+    /// When the current transaction's first request was sent (SHOW STATS xact_time).
+    xact_started: Option<Instant>,
+    /// Bytes forwarded since the last ReadyForQuery, counted into the pool's stats.
+    received: u64,
+    sent: u64,
+    /// Parse and Bind messages since the last ReadyForQuery.
+    parses: u32,
+    binds: u32,
 }
 
 impl TxTracker {
     /// The nearest deadline among the configured timeouts, for the current state.
     fn deadline(&self, t: &Timeouts) -> Option<(Instant, Expired)> {
-        let clock = self.clock.as_ref()?;
+        let clock = &self.clock;
         let mut best: Option<(Instant, Expired)> = None;
         let mut consider = |since: Option<Instant>, limit: Option<Duration>, kind| {
             if let (Some(since), Some(limit)) = (since, limit) {
@@ -147,6 +159,58 @@ impl TxTracker {
 }
 
 impl TxTracker {
+    /// A Query, FunctionCall or extended-protocol message arrived: the start of a
+    /// request if none is open, and of a transaction if the server was idle.
+    #[inline]
+    fn request_starts(&mut self) {
+        if self.pending_rfq == 0 && !self.in_batch {
+            let now = Instant::now();
+            self.clock.request_started = Some(now);
+            if self.status == TxStatus::Idle && self.xact_started.is_none() {
+                self.xact_started = Some(now);
+            }
+        }
+    }
+
+    /// A ReadyForQuery arrived: the request it answers is counted into the pool's
+    /// stats, and the clocks move on.
+    #[inline]
+    fn ready_for_query(&mut self, status: TxStatus, stats: &PoolStats) {
+        self.status = status;
+        self.pending_rfq = self.pending_rfq.saturating_sub(1);
+        let now = Instant::now();
+        let more = self.pending_rfq > 0 || self.in_batch;
+        let started = if more {
+            self.clock.request_started.replace(now)
+        } else {
+            self.clock.request_started.take()
+        };
+        let xact_time = if status == TxStatus::Idle {
+            self.xact_started.take().map(|s| now.duration_since(s))
+        } else {
+            None
+        };
+        stats.request(&Request {
+            query_time: started.map_or(Duration::ZERO, |s| now.duration_since(s)),
+            xact_time,
+            received: std::mem::take(&mut self.received),
+            sent: std::mem::take(&mut self.sent),
+        });
+        if self.parses > 0 || self.binds > 0 {
+            stats.parses_and_binds(u64::from(self.parses), u64::from(self.binds));
+            (self.parses, self.binds) = (0, 0);
+        }
+        if !more {
+            self.clock.idle_since = Some(now);
+        }
+        match status {
+            TxStatus::Idle => self.clock.transaction_started = None,
+            _ => {
+                self.clock.transaction_started.get_or_insert(now);
+            }
+        }
+    }
+
     fn idle(&self) -> bool {
         self.pending_rfq == 0 && !self.in_batch && self.status == TxStatus::Idle
     }
@@ -201,11 +265,7 @@ impl ScanHandler for ClientSide<'_> {
                 return Ok(OnHeader::StopBefore);
             }
             t if frontend::expects_ready_for_query(t) => {
-                if let Some(clock) = tx.clock.as_mut() {
-                    if tx.pending_rfq == 0 && !tx.in_batch {
-                        clock.request_started = Some(Instant::now());
-                    }
-                }
+                tx.request_starts();
                 tx.pending_rfq += 1;
                 if t == frontend::SYNC {
                     tx.in_batch = false;
@@ -216,12 +276,13 @@ impl ScanHandler for ClientSide<'_> {
                 }
             }
             t if frontend::opens_extended_batch(t) => {
-                if let Some(clock) = tx.clock.as_mut() {
-                    if tx.pending_rfq == 0 && !tx.in_batch {
-                        clock.request_started = Some(Instant::now());
-                    }
+                tx.request_starts();
+                tx.in_batch = true;
+                match t {
+                    frontend::PARSE => tx.parses += 1,
+                    frontend::BIND => tx.binds += 1,
+                    _ => {}
                 }
-                tx.in_batch = true
             }
             t if frontend::is_known_tag(t) && t != frontend::PASSWORD => {}
             t => {
@@ -255,6 +316,7 @@ struct ServerSide<'a> {
     mode: PoolMode,
     client_at_boundary: bool,
     release: &'a mut bool,
+    stats: &'a PoolStats,
 }
 
 impl ScanHandler for ServerSide<'_> {
@@ -278,21 +340,7 @@ impl ScanHandler for ServerSide<'_> {
         if h.tag == READY_FOR_QUERY {
             let status =
                 backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
-            self.tx.status = status;
-            self.tx.pending_rfq = self.tx.pending_rfq.saturating_sub(1);
-            if let Some(clock) = self.tx.clock.as_mut() {
-                let now = Instant::now();
-                if self.tx.pending_rfq == 0 && !self.tx.in_batch {
-                    clock.request_started = None;
-                    clock.idle_since = Some(now);
-                }
-                match status {
-                    TxStatus::Idle => clock.transaction_started = None,
-                    _ => {
-                        clock.transaction_started.get_or_insert(now);
-                    }
-                }
-            }
+            self.tx.ready_for_query(status, self.stats);
             if self.tx.session.has_pending() {
                 self.tx.session.ready_for_query(status);
             }
@@ -355,12 +403,16 @@ struct Link<'a> {
     /// Armed at the nearest deadline while a timeout is configured.
     timer: Pin<&'a mut Sleep>,
     armed: Option<(Instant, Expired)>,
+    /// Some client-side timeout is configured (else the timer is never armed).
+    timeouts_on: bool,
+    stats: &'a PoolStats,
+    kill: &'a Kill,
 }
 
 /// What one non-blocking read or write did.
 enum Io {
-    /// Bytes moved.
-    Moved,
+    /// Bytes moved (how many).
+    Moved(usize),
     /// Nothing to do now; the waker is registered.
     Pending,
     /// The peer closed or the socket failed.
@@ -376,7 +428,7 @@ fn poll_forward(cx: &mut Context<'_>, wr: &mut WriteHalf, buf: &mut BytesMut, sc
         Poll::Ready(Ok(w)) => {
             buf.advance(w);
             scan.consumed(w);
-            Io::Moved
+            Io::Moved(w)
         }
         Poll::Pending => Io::Pending,
     }
@@ -388,7 +440,7 @@ fn poll_fill(cx: &mut Context<'_>, rd: &mut ReadHalf, buf: &mut BytesMut) -> Io 
     buf.reserve(READ_CHUNK);
     match poll_read_buf(Pin::new(rd), cx, buf) {
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Io::Closed,
-        Poll::Ready(Ok(_)) => Io::Moved,
+        Poll::Ready(Ok(n)) => Io::Moved(n),
         Poll::Pending => Io::Pending,
     }
 }
@@ -430,7 +482,7 @@ impl Link<'_> {
             if self.server.scan.forwardable() > 0 {
                 match poll_forward(cx, &mut self.client.wr, &mut self.server.buf, &mut self.server.scan) {
                     Io::Closed => return Poll::Ready(LinkEnd::ClientGone),
-                    Io::Moved => progress = true,
+                    Io::Moved(_) => progress = true,
                     Io::Pending => {}
                 }
             } else if self.release && self.server.buf.is_empty() && self.server.scan.at_boundary() {
@@ -441,7 +493,10 @@ impl Link<'_> {
             if self.client.scan.forwardable() > 0 {
                 match poll_forward(cx, &mut self.server.wr, &mut self.client.buf, &mut self.client.scan) {
                     Io::Closed => return Poll::Ready(LinkEnd::ServerGone),
-                    Io::Moved => progress = true,
+                    Io::Moved(n) => {
+                        self.tx.received += n as u64;
+                        progress = true;
+                    }
                     Io::Pending => {}
                 }
             } else if self.tx.terminate {
@@ -452,8 +507,10 @@ impl Link<'_> {
             if self.server.buf.len() < MAX_BUFFERED {
                 match poll_fill(cx, &mut self.server.rd, &mut self.server.buf) {
                     Io::Closed => return Poll::Ready(LinkEnd::ServerGone),
-                    Io::Moved => {
+                    Io::Moved(n) => {
                         progress = true;
+                        // Counted as read, so a ReadyForQuery's request includes it.
+                        self.tx.sent += n as u64;
                         if self.swallow > 0 {
                             self.swallow_sync_answers();
                         }
@@ -467,6 +524,7 @@ impl Link<'_> {
                             mode: self.mode,
                             client_at_boundary: self.client.scan.at_boundary(),
                             release: &mut self.release,
+                            stats: self.stats,
                         };
                         if let Err(e) = self.server.scan.scan(&self.server.buf, &mut side) {
                             return Poll::Ready(LinkEnd::ServerError(e));
@@ -481,7 +539,7 @@ impl Link<'_> {
             if !self.release && !self.tx.terminate && self.client.buf.len() < MAX_BUFFERED {
                 match poll_fill(cx, &mut self.client.rd, &mut self.client.buf) {
                     Io::Closed => return Poll::Ready(LinkEnd::ClientGone),
-                    Io::Moved => {
+                    Io::Moved(_) => {
                         progress = true;
                         if let Err(e) = scan_client(self.client, self.tx) {
                             return Poll::Ready(LinkEnd::ClientError(e));
@@ -492,6 +550,9 @@ impl Link<'_> {
             }
 
             if !progress {
+                if self.kill.poll_killed(cx).is_ready() {
+                    return Poll::Ready(LinkEnd::Timeout(Expired::Killed));
+                }
                 if let Some(expired) = self.poll_timer(cx) {
                     return Poll::Ready(LinkEnd::Timeout(expired));
                 }
@@ -502,7 +563,9 @@ impl Link<'_> {
 
     /// Re-arms the timer for the current state and reports a deadline that passed.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
-        self.tx.clock.as_ref()?;
+        if !self.timeouts_on {
+            return None;
+        }
         let deadline = self.tx.deadline(&self.timeouts);
         if deadline != self.armed {
             self.armed = deadline;
@@ -536,10 +599,15 @@ pub async fn run(
         terminate: false,
         discard: None,
         session,
-        clock: route.pool.settings().timeouts.any().then(|| Clock {
+        clock: Clock {
             idle_since: Some(Instant::now()),
             ..Clock::default()
-        }),
+        },
+        xact_started: None,
+        received: 0,
+        sent: 0,
+        parses: 0,
+        binds: 0,
     };
     // Read once per client: a reload applies to the pool at once and to clients'
     // own limits from their next connection.
@@ -566,16 +634,16 @@ pub async fn run(
                 return "client close request";
             }
             client.buf.reserve(READ_CHUNK);
-            let read = client.rd.read_buf(&mut client.buf);
-            let read = match timeouts.client_idle {
-                Some(limit) => match tokio::time::timeout(limit, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        send_error(client, &ClientError::protocol(Expired::ClientIdle.text())).await;
-                        return Expired::ClientIdle.text();
-                    }
-                },
-                None => read.await,
+            let read = tokio::select! {
+                read = client.rd.read_buf(&mut client.buf) => read,
+                _ = sleep_until_opt(timeouts.client_idle.map(|t| tokio::time::Instant::now() + t)) => {
+                    send_error(client, &ClientError::protocol(Expired::ClientIdle.text())).await;
+                    return Expired::ClientIdle.text();
+                }
+                _ = link.kill.killed() => {
+                    send_error(client, &ClientError::protocol(Expired::Killed.text())).await;
+                    return Expired::Killed.text();
+                }
             };
             match read {
                 Ok(0) | Err(_) => return "client unexpected eof",
@@ -591,11 +659,29 @@ pub async fn run(
         let got = match route.pool.try_acquire() {
             Some(server) => {
                 link.link_now(server.backend_pid, server.backend_key, Arc::clone(&server.target));
+                link.linked_to(&server.meta);
+                route.pool.stats.assigned(Duration::ZERO);
                 Ok(server)
             }
             None => {
                 link.waiting();
-                acquire_watching(client, &mut tx, route, link, &mut shutdown).await
+                let since = Instant::now();
+                let got = acquire_watching(client, &mut tx, route, link, &mut shutdown).await;
+                match &got {
+                    Ok(server) => {
+                        link.linked_to(&server.meta);
+                        route.pool.stats.assigned(since.elapsed());
+                    }
+                    Err(Waited::Pool(_)) => {
+                        route
+                            .pool
+                            .stats
+                            .wait_timeouts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => {}
+                }
+                got
             }
         };
         let mut server = match got {
@@ -624,6 +710,10 @@ pub async fn run(
                 continue;
             }
             Err(Waited::ClientGone) => return "client unexpected eof",
+            Err(Waited::Killed) => {
+                send_error(client, &ClientError::protocol(Expired::Killed.text())).await;
+                return Expired::Killed.text();
+            }
             Err(Waited::Shutdown) => {
                 send_error(client, &shutting_down()).await;
                 return "pooler shutdown";
@@ -677,6 +767,9 @@ pub async fn run(
                 timeouts,
                 timer: timer.as_mut(),
                 armed: None,
+                timeouts_on: timeouts.any(),
+                stats: &route.pool.stats,
+                kill: &link.kill,
             };
             poll_fn(|cx| link.poll(cx)).await
         };
@@ -799,6 +892,8 @@ enum Waited {
     /// The pooler stops starting transactions.
     Shutdown,
     ClientGone,
+    /// KILL / KILL_CLIENT.
+    Killed,
     ClientError(ClientError),
     Pool(AcquireError),
 }
@@ -844,6 +939,7 @@ async fn acquire_watching(
                 return Err(Waited::Cancelled);
             }
             _ = &mut cancelled => return Err(Waited::Cancelled),
+            _ = link.kill.killed() => return Err(Waited::Killed),
             _ = until(shutdown, Shutdown::stops_transactions) => return Err(Waited::Shutdown),
             _ = sleep_until_opt(notify_at), if !notified => {
                 notified = true;

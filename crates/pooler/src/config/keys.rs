@@ -103,6 +103,8 @@ pub const SETTINGS: &[&str] = &[
     "tcp_keepintvl",
     "tcp_user_timeout",
     "scram_iterations",
+    // Sluice's own.
+    "metrics_addr",
 ];
 
 /// Settings Sluice acts on today. The rest of [`SETTINGS`] is accepted and ignored.
@@ -145,6 +147,11 @@ pub const IMPLEMENTED: &[&str] = &[
     "cancel_wait_timeout",
     "server_reset_query",
     "server_reset_query_always",
+    "log_stats",
+    "stats_period",
+    "admin_users",
+    "stats_users",
+    "metrics_addr",
 ];
 
 /// Keys of a `[databases]` entry.

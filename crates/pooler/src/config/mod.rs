@@ -137,7 +137,20 @@ pub struct Config {
     pub log_connections: bool,
     pub log_disconnections: bool,
     pub log_pooler_errors: bool,
+    /// Log the averages every stats_period.
+    pub log_stats: bool,
+    /// Seconds between SHOW STATS averages (and log_stats lines).
+    pub stats_period: f64,
     pub verbose: u8,
+    /// Idle seconds after which a server is checked with server_check_query before
+    /// reuse (0: always; negative: never).
+    pub server_check_delay: f64,
+    pub server_check_query: String,
+    /// Extra parameters tracked per client and synced to servers (comma-separated).
+    pub track_extra_parameters: String,
+    /// Sluice's own: address of the HTTP listener for /metrics, /health and /ready
+    /// ("" = off).
+    pub metrics_addr: String,
     pub server_lifetime: f64,
     pub server_idle_timeout: f64,
     pub server_connect_timeout: f64,
@@ -187,7 +200,13 @@ impl Default for Config {
             log_connections: true,
             log_disconnections: true,
             log_pooler_errors: true,
+            log_stats: true,
+            stats_period: 60.0,
             verbose: 0,
+            server_check_delay: 30.0,
+            server_check_query: "select 1".into(),
+            track_extra_parameters: "IntervalStyle".into(),
+            metrics_addr: String::new(),
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,
             server_connect_timeout: 15.0,
@@ -431,7 +450,7 @@ pub fn resolve(config_path: &Path, name: &str) -> PathBuf {
     config_path.parent().map(|dir| dir.join(&p)).unwrap_or(p)
 }
 
-fn validate(c: &Config, path: &Path) -> Result<(), ConfigError> {
+pub(crate) fn validate(c: &Config, path: &Path) -> Result<(), ConfigError> {
     let err = |m: String| ConfigError::File {
         file: path.to_path_buf(),
         message: m,
@@ -461,6 +480,7 @@ fn validate(c: &Config, path: &Path) -> Result<(), ConfigError> {
         ("idle_transaction_timeout", c.idle_transaction_timeout),
         ("transaction_timeout", c.transaction_timeout),
         ("cancel_wait_timeout", c.cancel_wait_timeout),
+        ("stats_period", c.stats_period),
     ] {
         if !(v >= 0.0 && v.is_finite()) {
             return Err(err(format!("{t} must be a number of seconds >= 0, got {v}")));
