@@ -773,3 +773,242 @@ async fn sighup_applies_pool_sizes_and_passwords_without_dropping_clients() -> R
     assert!(connect(&s.url("trust_user", "trust_pw", "app")).await.is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_server_gives_a_fast_cached_error_and_service_resumes_once_it_is_back() -> Result<()> {
+    let mut pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\nserver_login_retry = 15",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let c = connect(&s.url(u, p, "app")).await?;
+    c.batch_execute("SELECT 1").await?;
+    tokio::task::block_in_place(|| pg.stop());
+    // The idle server died with PostgreSQL: the first query tries a login, which fails.
+    let e = refused(c.batch_execute("SELECT 1").await, "postgres is down");
+    assert!(!c.is_closed(), "the client keeps its connection: {e}");
+    // From then on: PgBouncer's cached error, at once, without waiting for a login.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let e = refused(c.batch_execute("SELECT 1").await, "still down");
+        let (code, message) = db_error(&e);
+        assert!(
+            message.starts_with("server login has been failing, cached error:"),
+            "{code} {message}"
+        );
+        assert!(message.ends_with("(server_login_retry)"), "{message}");
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "fast: {:?}",
+            started.elapsed()
+        );
+    }
+    let log = s.log();
+    assert!(log.contains("server login failed"), "{log}");
+    // Not refused for server_login_retry (15 s) after PostgreSQL is back: the
+    // background retry logs in within a second.
+    tokio::task::block_in_place(|| pg.spawn())?;
+    let back = Instant::now();
+    loop {
+        match c.batch_execute("SELECT 1").await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(back.elapsed() < Duration::from_secs(2), "not back within 2 s: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(s.log().contains("server login works again"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connect_timeout_fires_on_a_server_that_never_answers() -> Result<()> {
+    let pg = postgres()?;
+    // Accepts TCP (the kernel completes the handshake) but never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_port = silent.local_addr()?.port();
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\nserver_connect_timeout = 1\nserver_login_retry = 0",
+        &format!("[databases.silent]\nhost = \"127.0.0.1\"\nport = {silent_port}\ndbname = \"app\"\n"),
+    )?;
+    let (u, p) = SCRAM_USER;
+    let started = Instant::now();
+    let e = refused(connect(&s.url(u, p, "silent")).await, "the server never answers");
+    let took = started.elapsed();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("server_connect_timeout"), "{message}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Other databases are unaffected.
+    connect(&s.url(u, p, "app")).await?.batch_execute("SELECT 1").await?;
+    drop(silent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_old_servers_are_closed_and_idle_ones_are_checked() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\nserver_idle_timeout = 1\nlog_stats = true\nstats_period = 1",
+        "[databases.old]\nhost = \"127.0.0.1\"\nport = PGPORT\ndbname = \"app2\"\nserver_lifetime = 1\n"
+            .replace("PGPORT", &pg.port().to_string())
+            .as_str(),
+    )?;
+    let (u, p) = SCRAM_USER;
+    let c = connect(&s.url(u, p, "app")).await?;
+    c.batch_execute("SELECT 1").await?;
+    assert_eq!(backends(&pg, u, "app")?, 1);
+    // server_idle_timeout = 1: gone within a couple of housekeeping ticks.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(backends(&pg, u, "app")?, 0, "the idle server was closed");
+    c.batch_execute("SELECT 1").await?;
+
+    // server_lifetime = 1 on database "old": a server used past its lifetime is
+    // replaced when released.
+    let old = connect(&s.url(u, p, "old")).await?;
+    let pid = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let first = pid(old.simple_query("SELECT pg_backend_pid()").await?);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    old.simple_query("SELECT 1").await?; // released past its lifetime: closed
+    let second = pid(old.simple_query("SELECT pg_backend_pid()").await?);
+    assert_ne!(first, second, "the old server was replaced");
+
+    // log_stats: one line per stats_period.
+    assert!(s.log().contains("stats: "), "{}", s.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_check_query_runs_on_idle_servers_and_failing_ones_are_closed() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\nserver_check_delay = 0.3\nserver_check_query = \"select 'sluice-check'\"",
+        "",
+    )?;
+    let (u, p) = SCRAM_USER;
+    let c = connect(&s.url(u, p, "app")).await?;
+    c.batch_execute("SELECT 1").await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let last = pg.psql(
+        "postgres",
+        &format!("SELECT query FROM pg_stat_activity WHERE usename = '{u}' AND datname = 'app'"),
+    )?;
+    assert_eq!(last, "select 'sluice-check'", "the idle server was checked");
+    c.batch_execute("SELECT 1").await?;
+
+    // A server that fails its check is closed, and clients get a fresh one.
+    let config = s.dir.path().join("pooler.toml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, text.replace("select 'sluice-check'", "select 1/0"))?;
+    s.signal("HUP")?;
+    let before = pg.psql(
+        "postgres",
+        &format!("SELECT pid FROM pg_stat_activity WHERE usename = '{u}' AND datname = 'app'"),
+    )?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(backends(&pg, u, "app")?, 0, "the server failing its check was closed");
+    let after = c.simple_query("SELECT pg_backend_pid()").await?;
+    let after = after
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert_ne!(before, after);
+    Ok(())
+}
+
+/// Logs in as trust_user with extra startup parameters; returns the socket at
+/// ReadyForQuery, or the login error's message.
+async fn raw_login_with(port: u16, params: &[(&str, &str)]) -> Result<Result<tokio::net::TcpStream, String>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut all = vec![("user", TRUST_USER.0), ("database", "app")];
+    all.extend_from_slice(params);
+    s.write_all(&startup_packet(3 << 16, &all)).await?;
+    loop {
+        let (tag, body) = read_message(&mut s).await?;
+        match tag {
+            b'Z' => return Ok(Ok(s)),
+            b'E' => return Ok(Err(error_field(&body, b'M'))),
+            _ => {}
+        }
+    }
+}
+
+/// Runs one simple query; returns the error message, if any.
+async fn raw_query(s: &mut tokio::net::TcpStream, sql: &str) -> Result<Option<String>> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(&mut out, b'Q', &body);
+    s.write_all(&out).await?;
+    let mut error = None;
+    loop {
+        let (tag, body) = read_message(s).await?;
+        match tag {
+            b'E' => error = Some(error_field(&body, b'M')),
+            b'Z' => return Ok(error),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_extra_parameters_follow_their_client_across_a_shared_server() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1\ntrack_extra_parameters = \"IntervalStyle, default_transaction_read_only\"",
+        "",
+    )?;
+    // Tracked, so accepted in the startup packet (else: unsupported startup parameter).
+    let mut reader = raw_login_with(s.port, &[("default_transaction_read_only", "on")])
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let mut writer = raw_login_with(s.port, &[]).await?.map_err(anyhow::Error::msg)?;
+    for round in 0..3 {
+        // One server, shared: each client's value is restored before its transaction.
+        let e = raw_query(
+            &mut reader,
+            &format!("INSERT INTO items VALUES ({}, 'ro')", 3000 + round),
+        )
+        .await?;
+        assert!(
+            e.as_deref().unwrap_or("").contains("read-only transaction"),
+            "round {round}: {e:?}"
+        );
+        let e = raw_query(
+            &mut writer,
+            &format!("INSERT INTO items VALUES ({}, 'rw')", 3100 + round),
+        )
+        .await?;
+        assert_eq!(e, None, "round {round}: the read-only setting leaked");
+    }
+    assert_eq!(backends(&pg, TRUST_USER.0, "app")?, 1);
+    // Untracked parameters are still refused.
+    let refused = raw_login_with(s.port, &[("work_mem", "64MB")]).await?;
+    assert_eq!(
+        refused.err().as_deref(),
+        Some("unsupported startup parameter: work_mem")
+    );
+    Ok(())
+}

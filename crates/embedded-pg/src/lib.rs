@@ -149,7 +149,8 @@ impl EmbeddedPg {
         Ok(pg)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// Starts the server again after [`EmbeddedPg::stop`]; waits until it accepts connections.
+    pub fn spawn(&mut self) -> Result<()> {
         let user = run_as()?;
         let log = fs::OpenOptions::new()
             .create(true)

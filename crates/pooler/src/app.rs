@@ -120,6 +120,7 @@ impl Current {
         let ignored_startup_parameters = config::list(&config.ignore_startup_parameters)
             .map(str::to_owned)
             .collect();
+        crate::params::set_extra_tracked(config::list(&config.track_extra_parameters));
         Current {
             config,
             loaded: loaded.clone(),
@@ -132,10 +133,12 @@ impl Current {
         self.secrets.get(user)
     }
 
-    /// Startup parameters that are neither known nor in ignore_startup_parameters.
+    /// Startup parameters that are neither known, tracked, nor in
+    /// ignore_startup_parameters.
     pub fn unsupported_parameter<'a>(&self, params: &'a [(String, String)]) -> Option<&'a str> {
         params.iter().map(|(k, _)| k.as_str()).find(|k| {
             !k.starts_with("_pq_.")
+                && crate::params::reported(k).is_none()
                 && !KNOWN_STARTUP_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k))
                 && !self
                     .ignored_startup_parameters
@@ -214,6 +217,7 @@ impl Current {
             reset_query: Some(c.server_reset_query.trim().to_owned()).filter(|q| !q.is_empty()),
             reset_always: c.server_reset_query_always,
             wait_notify: seconds(c.query_wait_notify),
+            login_retry: seconds(c.server_login_retry),
             // PgBouncer: 0 = check before every use (here: whenever idle), < 0 = never.
             check_delay: (c.server_check_delay >= 0.0 && !c.server_check_query.trim().is_empty())
                 .then(|| Duration::from_secs_f64(c.server_check_delay.max(0.0))),
@@ -397,8 +401,8 @@ impl App {
     pub fn roll_stats(&self) {
         let totals = self.db_totals();
         let mut avg = self.averages.lock();
-        avg.roll(std::time::Instant::now(), totals);
-        if self.current().config.log_stats {
+        let closed = avg.roll(std::time::Instant::now(), totals);
+        if closed && self.current().config.log_stats {
             let a = avg.total;
             tracing::info!(
                 "stats: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, {} binds/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
@@ -428,6 +432,7 @@ impl App {
         for p in &pools {
             p.close_expired();
             p.check_idle();
+            p.retry_failed_login();
             p.fill_min();
         }
         for starving in pools.iter().filter(|p| p.counts().waiting > 0 && !p.limits_free()) {

@@ -94,6 +94,14 @@ impl From<&ConnectError> for ClientError {
                 sqlstate::CONNECTION_FAILURE,
                 format!("pooler cannot log in to server: {m}"),
             ),
+            ConnectError::Failing(cause) => {
+                let inner = ClientError::from(cause.as_ref());
+                ClientError {
+                    message: format!("server login has been failing, cached error: {} (server_login_retry)", inner.message),
+                    hint: Some("the pooler retries the login in the background and serves clients as soon as it succeeds; retry the query".into()),
+                    ..inner
+                }
+            }
         }
     }
 }

@@ -19,9 +19,57 @@ pub const REPORTED: &[&str] = &[
     "IntervalStyle",
 ];
 
-/// The canonical spelling of a reported setting, if `name` is one.
+/// True for the settings every PostgreSQL reports (as opposed to
+/// `track_extra_parameters`).
+pub fn is_builtin_reported(name: &str) -> bool {
+    builtin_reported(name)
+}
+
+fn builtin_reported(name: &str) -> bool {
+    REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// `track_extra_parameters` beyond [`REPORTED`], as configured now.
+static EXTRA: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+
+/// Sets `track_extra_parameters` (on start and reload). Names are interned once per
+/// distinct name, so reloads do not grow memory.
+pub fn set_extra_tracked<'a>(names: impl Iterator<Item = &'a str>) {
+    static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut extra = Vec::new();
+    for name in names {
+        if REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let name = match interned.iter().find(|i| i.eq_ignore_ascii_case(name)) {
+            Some(i) => *i,
+            None => {
+                let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+                interned.push(leaked);
+                leaked
+            }
+        };
+        extra.push(name);
+    }
+    *EXTRA.write().unwrap_or_else(|e| e.into_inner()) = extra;
+}
+
+/// The canonical spelling of a tracked setting (reported ones and
+/// `track_extra_parameters`), if `name` is one.
 pub fn reported(name: &str) -> Option<&'static str> {
-    REPORTED.iter().copied().find(|r| r.eq_ignore_ascii_case(name))
+    REPORTED
+        .iter()
+        .copied()
+        .find(|r| r.eq_ignore_ascii_case(name))
+        .or_else(|| {
+            EXTRA
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .find(|r| r.eq_ignore_ascii_case(name))
+        })
 }
 
 /// Name/value pairs, names compared case-insensitively.
@@ -174,7 +222,9 @@ fn classify_one(stmt: &str) -> Effect {
             if name.is_empty() {
                 return Effect::Untrackable;
             }
-            if reported(&name).is_some() {
+            // Only the built-in list: an extra tracked name may not be reported by
+            // this PostgreSQL, so its SET is also replayed like any other.
+            if builtin_reported(&name) {
                 return Effect::Reported;
             }
             Effect::Set {
@@ -187,7 +237,7 @@ fn classify_one(stmt: &str) -> Effect {
             match name.as_str() {
                 "all" => Effect::ResetAll,
                 "" => Effect::Untrackable,
-                n if reported(n).is_some() => Effect::Reported,
+                n if builtin_reported(n) => Effect::Reported,
                 n => Effect::Reset { name: n.to_owned() },
             }
         }

@@ -27,6 +27,9 @@ use crate::stats::PoolStats;
 /// a thundering herd of logins on PostgreSQL.
 pub const MAX_CONNECTING: usize = 4;
 
+/// How often a failing pool retries a login in the background.
+pub const RETRY_TICK: Duration = Duration::from_millis(500);
+
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +52,10 @@ pub struct PoolSettings {
     pub reset_always: bool,
     /// A client waiting this long is sent a NOTICE explaining the wait.
     pub wait_notify: Option<Duration>,
+    /// `server_login_retry` (None when 0): while the last login failed and no server
+    /// is up, clients get the cached error at once and one login is retried in the
+    /// background. None: every waiting client triggers its own login attempt.
+    pub login_retry: Option<Duration>,
     /// Idle servers unused this long are tested with `check_query` before reuse
     /// (None: never).
     pub check_delay: Option<Duration>,
@@ -91,6 +98,10 @@ struct State {
     /// PAUSE / KILL / SUSPEND: no server is handed out or opened, and released ones
     /// close; waiting clients stay queued until RESUME.
     paused: bool,
+    /// The last login failed while the pool had no server: when it failed.
+    failing_since: Option<Instant>,
+    /// When the background retry last started a login.
+    last_retry: Option<Instant>,
 }
 
 impl State {
@@ -105,6 +116,8 @@ impl State {
             next_waiter: 0,
             last_connect_error: None,
             paused: false,
+            failing_since: None,
+            last_retry: None,
         }
     }
 }
@@ -209,6 +222,11 @@ impl Pool {
                 drop(s);
                 close_all(expired);
                 return Ok(conn);
+            }
+            if let Some(e) = self.cached_failure(&s) {
+                drop(s);
+                close_all(expired);
+                return Err(AcquireError::Connect(ConnectError::Failing(Box::new(e))));
             }
             let now = Instant::now();
             let (tx, rx) = oneshot::channel();
@@ -358,6 +376,9 @@ impl Pool {
             Ok(conn) => {
                 debug!(server_pid = conn.backend_pid, "server login ok");
                 self.stats.server_connects.fetch_add(1, Ordering::Relaxed);
+                if s.failing_since.take().is_some() {
+                    tracing::info!(target = %self.target().describe(), "server login works again");
+                }
                 s.last_connect_error = None;
                 {
                     let mut w = self.welcome.lock();
@@ -376,6 +397,7 @@ impl Pool {
                 // Nobody can serve the waiters: tell them now rather than at
                 // query_wait_timeout.
                 if s.total() == 0 {
+                    s.failing_since.get_or_insert_with(Instant::now);
                     for w in s.waiters.drain(..) {
                         let _ = w.tx.send(Err(e.clone()));
                     }
@@ -713,5 +735,36 @@ impl Pool {
                 }
             }
         });
+    }
+}
+
+impl Pool {
+    /// The error to answer at once while logins fail and no server is up.
+    fn cached_failure(&self, s: &State) -> Option<ConnectError> {
+        s.settings.login_retry?;
+        if s.failing_since.is_none() || s.total() > 0 || s.paused {
+            return None;
+        }
+        s.last_connect_error.clone()
+    }
+
+    /// Housekeeping: while logins fail, one login at a time is retried in the
+    /// background every [`RETRY_TICK`] (or `server_login_retry` if shorter), so
+    /// service resumes as soon as PostgreSQL accepts logins again. PgBouncer instead
+    /// waits `server_login_retry` (15 s) before trying again.
+    pub fn retry_failed_login(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        let Some(retry) = s.settings.login_retry else { return };
+        // Sluice does not make clients wait out the whole server_login_retry.
+        let every = retry.min(RETRY_TICK);
+        if s.failing_since.is_none() || s.connecting > 0 || s.paused {
+            return;
+        }
+        let now = Instant::now();
+        if s.last_retry.is_some_and(|t| now.duration_since(t) < every) {
+            return;
+        }
+        s.last_retry = Some(now);
+        self.spawn_connect(&mut s);
     }
 }

@@ -55,6 +55,10 @@ pub enum ConnectError {
     Rejected(ParsedError),
     #[error("server login failed: {0}")]
     Protocol(String),
+    /// The pool's last login failed and no server is up: the error is reported at
+    /// once while a background retry runs (`server_login_retry`).
+    #[error("server login has been failing, cached error: {0} (server_login_retry)")]
+    Failing(Box<ConnectError>),
 }
 
 /// What SHOW SERVERS shows of a server connection; shared with the pool's registry so
@@ -120,6 +124,10 @@ pub struct ServerConn {
     pub scan: Scanner,
     pub created: Instant,
     pub last_used: Instant,
+    /// This connection's share of `server_lifetime`, drawn from [0.85, 1.0] at login:
+    /// servers opened together (a pool filling up, a restart) do not all expire, and
+    /// reconnect, in the same second.
+    pub lifetime_share: f64,
     /// The server's own cancel key (clients get Sluice's keys instead).
     pub backend_pid: i32,
     pub backend_key: i32,
@@ -291,6 +299,7 @@ impl ServerConn {
             scan: Scanner::new(max_packet, 64 * 1024),
             created: now,
             last_used: now,
+            lifetime_share: rand::Rng::gen_range(&mut rand::thread_rng(), 0.85..=1.0),
             backend_pid: backend.0,
             backend_key: backend.1,
             params: server_params.into(),
@@ -299,10 +308,10 @@ impl ServerConn {
         })
     }
 
-    /// True once the connection has outlived `server_lifetime` or idled past
-    /// `server_idle_timeout`.
+    /// True once the connection has outlived its share of `server_lifetime` or idled
+    /// past `server_idle_timeout`.
     pub fn expired(&self, now: Instant, lifetime: Option<Duration>, idle_timeout: Option<Duration>) -> bool {
-        lifetime.is_some_and(|l| now.duration_since(self.created) >= l)
+        lifetime.is_some_and(|l| now.duration_since(self.created) >= l.mul_f64(self.lifetime_share))
             || idle_timeout.is_some_and(|t| now.duration_since(self.last_used) >= t)
     }
 

@@ -243,8 +243,10 @@ pub struct Averager {
 }
 
 impl Averager {
-    /// Closes a period: `now` are the per-database totals at its end.
-    pub fn roll(&mut self, at: Instant, now: BTreeMap<String, Totals>) {
+    /// Closes a period: `now` are the per-database totals at its end. False for the
+    /// first call, which only starts the first period.
+    pub fn roll(&mut self, at: Instant, now: BTreeMap<String, Totals>) -> bool {
+        let closed = self.last.is_some();
         if let Some((then, before)) = &self.last {
             let period = at.duration_since(*then);
             let mut all_delta = Totals::default();
@@ -259,6 +261,7 @@ impl Averager {
             self.total = Averages::over(all_delta, period);
         }
         self.last = Some((at, now));
+        closed
     }
 }
 

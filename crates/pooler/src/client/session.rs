@@ -752,9 +752,6 @@ pub async fn run(
                 return "server conn crashed?";
             }
             swallow = 1;
-            if !tx.session.sets.is_empty() {
-                tx.session.dirty = true;
-            }
         }
         let end = {
             let mut link = Link {
@@ -989,6 +986,8 @@ impl ServerConn {
     /// Runs one simple query and discards its result; used for resets. Fails if the
     /// server reports an error or does not end idle.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ()> {
+        // A reset may change settings PostgreSQL does not report: sync the next client.
+        self.synced_for = 0;
         let mut out = BytesMut::new();
         frontend::build::query(sql, &mut out).map_err(|_| ())?;
         self.wr.write_all(&out).await.map_err(|_| ())?;

@@ -51,8 +51,12 @@ impl SessionState {
     fn refresh_fingerprint(&mut self) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for name in params::REPORTED {
-            self.desired.get(name).hash(&mut h);
+        // Every tracked setting, track_extra_parameters included.
+        for (name, value) in self.desired.iter() {
+            if params::reported(name).is_some() {
+                name.to_ascii_lowercase().hash(&mut h);
+                value.hash(&mut h);
+            }
         }
         // Never 0: that marks a server nobody brought in line yet.
         self.fingerprint = h.finish() | 1;
@@ -132,14 +136,23 @@ impl SessionState {
         }
     }
 
-    /// The statements that bring `server` in line with this client: reported settings
-    /// that differ, then every recorded SET. None when nothing is needed.
-    pub fn sync_query(&self, server: &ParamSet) -> Option<String> {
+    /// The statements that bring `server` in line with this client: tracked settings
+    /// that differ, then every recorded SET. None when nothing is needed. Sets
+    /// `dirty` when the server must be reset after use: a recorded SET, or a
+    /// `track_extra_parameters` setting PostgreSQL may not report (so the next client,
+    /// who never set it, could not tell the server has it).
+    pub fn sync_query(&mut self, server: &ParamSet) -> Option<String> {
         let mut sql = String::new();
         for (name, value) in self.desired.iter() {
             if params::reported(name).is_some() && server.get(name) != Some(value) {
                 sql.push_str(&format!("SET {name} = {};", params::quote_literal(value)));
+                if !params::is_builtin_reported(name) {
+                    self.dirty = true;
+                }
             }
+        }
+        if !self.sets.is_empty() {
+            self.dirty = true;
         }
         for (_, set) in &self.sets {
             sql.push_str(set);

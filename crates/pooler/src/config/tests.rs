@@ -115,9 +115,9 @@ fn accepted_but_unimplemented_settings_are_listed() {
     let ini = write(
         &dir,
         "x.ini",
-        "[pgbouncer]\nlisten_port = 1\nserver_check_query = select 1\n",
+        "[pgbouncer]\nlisten_port = 1\nmax_prepared_statements = 100\n",
     );
     let l = load_env(&ini, &[]).unwrap();
     assert_eq!(l.ignored.len(), 1);
-    assert_eq!(l.ignored[0].0, "server_check_query");
+    assert_eq!(l.ignored[0].0, "max_prepared_statements");
 }
