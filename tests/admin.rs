@@ -279,6 +279,20 @@ async fn only_admin_and_stats_users_get_in_and_stats_users_only_look() -> Result
     assert!(db_error(&e).1.contains("simple query protocol"), "{e}");
     assert!(!show(&admin, "LISTS").await?.rows.is_empty());
     app_client.batch_execute("SELECT 1").await?;
+    // The console is on the Unix socket too.
+    let (ok, out, err) = psql(
+        &pg,
+        &format!(
+            "host={} port={} user={} password={} dbname=pgbouncer",
+            s.dir.path().display(),
+            s.port,
+            ADMIN.0,
+            ADMIN.1
+        ),
+        &["-A", "-t", "-c", "SHOW VERSION"],
+        None,
+    )?;
+    assert!(ok && out.starts_with("PgBouncer 1.25.0"), "{out}{err}");
     Ok(())
 }
 
@@ -349,6 +363,19 @@ async fn reload_set_reconnect_and_kill_client_from_the_console() -> Result<()> {
         size.rows_where("key", "default_pool_size")[0]["value"].as_deref(),
         Some("7")
     );
+    // ... and the pool really grows: 7 concurrent sleepers get 7 servers.
+    let mut sleepers = Vec::new();
+    for _ in 0..7 {
+        let c = connect(&s.url(u, p, "app")).await?;
+        sleepers.push(tokio::spawn(
+            async move { c.batch_execute("SELECT pg_sleep(0.6)").await },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(backends(&pg, u, "app")?, 7, "RELOAD applied the new pool size");
+    for t in sleepers {
+        t.await??;
+    }
     // A broken file: F0000, and the old configuration stays.
     std::fs::write(
         &config,
