@@ -367,12 +367,14 @@ async fn reload_set_reconnect_and_kill_client_from_the_console() -> Result<()> {
     let mut sleepers = Vec::new();
     for _ in 0..7 {
         let c = connect(&s.url(u, p, "app")).await?;
-        sleepers.push(tokio::spawn(
-            async move { c.batch_execute("SELECT pg_sleep(0.6)").await },
-        ));
+        sleepers.push(tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(2)").await }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(backends(&pg, u, "app")?, 7, "RELOAD applied the new pool size");
+    let deadline = Instant::now() + Duration::from_millis(1800);
+    while backends(&pg, u, "app")? < 7 {
+        assert!(Instant::now() < deadline, "RELOAD applied the new pool size");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backends(&pg, u, "app")?, 7, "and no more");
     for t in sleepers {
         t.await??;
     }

@@ -389,6 +389,9 @@ impl Pool {
                 if let Some(conn) = Self::hand_off(&mut s, conn) {
                     s.idle.push(conn);
                 }
+                // Clients that queued while MAX_CONNECTING logins were in flight
+                // still need servers: start the next logins now, not at a release.
+                self.spawn_connects(&mut s);
             }
             Err(e) => {
                 warn!(error = %e, target = %self.target().describe(), "server login failed");
