@@ -299,7 +299,12 @@ impl App {
     /// sizes and timeouts, without dropping anyone. An invalid file changes nothing.
     /// Listener addresses and max_db/max_user_connections need a restart.
     pub fn reload(&self) -> Result<(), config::ConfigError> {
-        let loaded = config::load(&self.path)?;
+        let loaded = if self.path.as_os_str() == config::ENV_ONLY {
+            // The process environment does not change, but an auth_file it names may.
+            config::load_env_only(std::env::vars().collect())?
+        } else {
+            config::load(&self.path)?
+        };
         self.apply(&loaded);
         tracing::info!(config = %self.path.display(), "configuration reloaded");
         Ok(())

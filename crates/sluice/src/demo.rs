@@ -24,6 +24,8 @@ pub fn run(config_path: &Path) -> Result<()> {
             path: config_path.to_path_buf(),
             secrets: Default::default(),
             ignored: vec![],
+            sources: Default::default(),
+            warnings: vec![],
         };
         l.config.pool_mode = config::PoolMode::Transaction;
         l.config.listen_addr = "127.0.0.1".into();

@@ -1,5 +1,6 @@
 //! `sluice healthcheck [CONFIG]`: exit 0 when the pooler answers, 1 otherwise; for a
-//! container HEALTHCHECK, with no psql or pg_isready needed.
+//! container HEALTHCHECK, with no psql or pg_isready needed. It reads the same
+//! configuration the pooler does (the file, or the environment alone).
 //!
 //! With `metrics_addr` set it asks `/ready` (listeners up, not shutting down);
 //! otherwise it opens the client port and checks that Sluice answers a request
@@ -15,8 +16,8 @@ use sluice_pooler::config;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn run(path: &Path) -> Result<()> {
-    let loaded = config::load(path).map_err(anyhow::Error::msg)?;
+pub fn run(default_path: bool, path: &Path) -> Result<()> {
+    let loaded = crate::load(default_path, path)?;
     let c = &loaded.config;
     if !c.metrics_addr.trim().is_empty() {
         return ready(&local(c.metrics_addr.trim()));

@@ -48,11 +48,36 @@ struct HealthCli {
     config: Option<PathBuf>,
 }
 
+/// `sluice convert pgbouncer.ini > pooler.toml`.
+#[derive(Parser, Debug)]
+#[command(name = "sluice convert")]
+struct ConvertCli {
+    /// The PgBouncer ini file to convert (its %include files are noted, not inlined).
+    ini: PathBuf,
+}
+
+fn convert(cli: ConvertCli) -> Result<()> {
+    let text = std::fs::read_to_string(&cli.ini).with_context(|| format!("cannot read {}", cli.ini.display()))?;
+    let out = config::convert::ini_to_toml(&text, &cli.ini.display().to_string()).map_err(anyhow::Error::msg)?;
+    print!("{out}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("convert") {
+        return match convert(ConvertCli::parse_from(std::env::args().skip(1))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice convert: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         let cli = HealthCli::parse_from(std::env::args().skip(1));
+        let default_path = cli.config.is_none();
         let path = cli.config.unwrap_or_else(|| PathBuf::from("pooler.toml"));
-        return match healthcheck::run(&path) {
+        return match healthcheck::run(default_path, &path) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sluice healthcheck: {e:#}");
@@ -79,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
         init_logging(None, cli.quiet, cli.verbose)?;
         return demo::run(&path);
     }
-    let loaded = config::load(&path).map_err(anyhow::Error::msg)?;
+    let loaded = load(cli.config.is_none(), &path)?;
     if cli.check {
         print_check(&loaded);
         return Ok(());
@@ -113,6 +138,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     for (key, origin) in &loaded.ignored {
         warn!("{origin}: setting '{key}' is accepted for compatibility but has no effect yet");
+    }
+    for w in &loaded.warnings {
+        warn!("{w}");
     }
     let result = serve(loaded.clone());
     if let Some(pidfile) = &loaded.config.pidfile {
@@ -210,25 +238,64 @@ fn init_logging(logfile: Option<&str>, quiet: bool, verbose: u8) -> Result<()> {
     Ok(())
 }
 
-/// `--check`: the effective settings, as PgBouncer's SHOW CONFIG would list them.
+/// The config file; with none given and no `pooler.toml` here, the environment alone
+/// (as in a container configured like the PgBouncer images).
+pub(crate) fn load(default_path: bool, path: &Path) -> Result<Loaded> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    if default_path && !path.exists() && config::env::configures_backend(&env) {
+        return config::load_env_only(env).map_err(anyhow::Error::msg);
+    }
+    config::load(path).map_err(anyhow::Error::msg)
+}
+
+/// `--check`: the effective settings with where each came from (file:line, an
+/// environment variable, or the default); passwords masked.
 fn print_check(loaded: &Loaded) {
     println!("# {} is valid", loaded.path.display());
     for (key, origin) in &loaded.ignored {
         println!("# {origin}: '{key}' is accepted but has no effect yet");
     }
-    let mut text = toml::to_string(&loaded.config).unwrap_or_default();
-    // Never print secrets.
-    text = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("password") {
-                "password = \"***\"".to_string()
-            } else {
-                l.to_string()
+    for w in &loaded.warnings {
+        println!("# warning: {w}");
+    }
+    let value = toml::Value::try_from(&loaded.config).unwrap_or(toml::Value::Table(Default::default()));
+    let table = value.as_table().cloned().unwrap_or_default();
+    for (key, v) in &table {
+        if v.is_table() {
+            continue;
+        }
+        let from = loaded.sources.get(key).map(String::as_str).unwrap_or("default");
+        println!("{key} = {v}  # {from}");
+    }
+    for section in ["databases", "users"] {
+        let Some(entries) = table.get(section).and_then(|t| t.as_table()) else {
+            continue;
+        };
+        for (name, entry) in entries {
+            let from = loaded
+                .sources
+                .get(&format!("{section}.{name}"))
+                .map(|s| format!("  # {s}"))
+                .unwrap_or_default();
+            println!("\n[{section}.{}]{from}", toml_key(name));
+            for (k, v) in entry.as_table().into_iter().flatten() {
+                let v = if k == "password" {
+                    toml::Value::from("***")
+                } else {
+                    v.clone()
+                };
+                println!("{k} = {v}");
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    println!("{text}");
-    println!("# {} user(s) with passwords", loaded.secrets.len());
+        }
+    }
+    println!("\n# {} user(s) with passwords", loaded.secrets.len());
+}
+
+/// A TOML table key, quoted when it is not a bare key (`"*"`).
+fn toml_key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        k.to_owned()
+    } else {
+        toml::Value::from(k).to_string()
+    }
 }

@@ -3,9 +3,13 @@
 //! Two file formats reach the same [`Config`]: Sluice's TOML ([`toml_file`]) and
 //! PgBouncer's ini ([`ini`], with `%include` and a userlist.txt `auth_file`). Both are
 //! first read into [`RawConfig`] (values plus where they came from), checked against
-//! the known keys, then typed by figment, with `SLUICE_*` environment variables on top.
+//! the known keys, then typed by figment, with environment variables on top ([`env`]:
+//! the PgBouncer images' names and `SLUICE_*`). With no file at all, the environment
+//! alone makes the configuration ([`load_env_only`]).
 
 pub mod connstr;
+pub mod convert;
+pub mod env;
 pub mod ini;
 pub mod keys;
 pub mod toml_file;
@@ -360,6 +364,10 @@ pub struct Loaded {
     pub secrets: BTreeMap<String, String>,
     /// Settings present in the file that Sluice does not act on yet.
     pub ignored: Vec<(String, Origin)>,
+    /// Where each setting's value came from ("file:line", "env NAME"); absent = default.
+    pub sources: BTreeMap<String, String>,
+    /// Environment variables that conflict or look mistyped, for the log.
+    pub warnings: Vec<String>,
 }
 
 /// Where a config comes from: the file, and the environment that overrides it.
@@ -386,31 +394,58 @@ pub fn load_from(source: Source<'_>) -> Result<Loaded, ConfigError> {
         toml_file::read(path)?
     };
     raw.check_keys()?;
+    build(raw, path, &source.env, false)
+}
 
-    // Environment overrides: SLUICE_DEFAULT_POOL_SIZE=30, SLUICE_DATABASES__APP__HOST=db.
+/// The configuration from the environment alone (no file): the PgBouncer container
+/// images' variables ([`env`]). `path` names where a reload would look (nothing is
+/// read from it).
+pub fn load_env_only(env: Vec<(String, String)>) -> Result<Loaded, ConfigError> {
+    build(RawConfig::default(), Path::new(ENV_ONLY), &env, true)
+}
+
+/// The `path` of a configuration made from the environment alone.
+pub const ENV_ONLY: &str = "<environment>";
+
+/// Types a read file with the environment on top.
+fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) -> Result<Loaded, ConfigError> {
+    let overlay = env::overlay(env, env_only)?;
+    let mut sources: BTreeMap<String, String> = raw
+        .settings
+        .iter()
+        .map(|(k, _, o)| (k.clone(), o.to_string()))
+        .collect();
     let mut figment =
         Figment::from(Serialized::defaults(Config::default())).merge(Serialized::defaults(raw.to_table()));
-    for (k, v) in &source.env {
-        let Some(name) = k.strip_prefix("SLUICE_") else {
+    for (key, value, from) in &overlay.settings {
+        figment = figment.merge(Serialized::global(key, value.as_str()));
+        sources.insert(key.clone(), from.clone());
+    }
+    // SLUICE_DATABASES__APP__HOST=db: one key of a database (or user) entry.
+    for (k, v) in env {
+        let Some(name) = k.strip_prefix("SLUICE_").filter(|n| n.contains("__")) else {
             continue;
         };
-        if name == "LOG" {
-            continue; // the log filter, not a setting
-        }
         let key = name.to_ascii_lowercase().replace("__", ".");
         figment = figment.merge(Serialized::global(&key, v.as_str()));
+        sources.insert(key.clone(), format!("env {k}"));
     }
-    let config: Config = figment.extract_lossy().map_err(|e| {
+    let mut config: Config = figment.extract_lossy().map_err(|e| {
         let origin = raw.origin_of(&e.path);
         let message = e.to_string();
-        match origin {
-            Some(o) => ConfigError::at(o, message),
-            None => ConfigError::File {
+        match (origin, e.path.first().and_then(|k| sources.get(k))) {
+            (Some(o), _) => ConfigError::at(o, message),
+            (None, Some(from)) if from.starts_with("env") => ConfigError::Other(format!("{from}: {message}")),
+            _ => ConfigError::File {
                 file: path.to_path_buf(),
                 message,
             },
         }
     })?;
+    for (name, entry, from) in &overlay.databases {
+        config.databases.insert(name.clone(), entry.clone());
+        sources.insert(format!("databases.{name}"), from.clone());
+    }
     validate(&config, path)?;
 
     let ignored = raw
@@ -432,11 +467,16 @@ pub fn load_from(source: Source<'_>) -> Result<Loaded, ConfigError> {
             secrets.insert(user, secret);
         }
     }
+    for (user, password) in overlay.secrets {
+        secrets.insert(user, password);
+    }
     Ok(Loaded {
         config,
         path: path.to_path_buf(),
         secrets,
         ignored,
+        sources,
+        warnings: overlay.warnings,
     })
 }
 
