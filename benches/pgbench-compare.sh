@@ -133,5 +133,14 @@ for w in $WORKLOADS; do
             'BEGIN { if (b > 0) printf "| %s | %s | **Sluice / PgBouncer** | **%.2f×** | | | |\n", k, c, s / b }' | tee -a "$OUT/summary.md"
     fi
 done
+# Prepared statements: Sluice -M prepared against PgBouncer -M simple (PgBouncer 1.18
+# cannot run -M prepared in transaction mode), as the prepared-statement issue asks.
+for w in $WORKLOADS; do
+    kind=${w%%:*}; clients=${w##*:}
+    if [ "$kind" = prepared ] && [ -n "${TPS[prepared-$clients-sluice]:-}" ] && [ -n "${TPS[select-$clients-pgbouncer]:-}" ]; then
+        awk -v s="${TPS[prepared-$clients-sluice]}" -v b="${TPS[select-$clients-pgbouncer]}" -v c="$clients" \
+            'BEGIN { if (b > 0) printf "| prepared vs select | %s | **Sluice -M prepared / PgBouncer -M simple** | **%.2f×** | | | |\n", c, s / b }' | tee -a "$OUT/summary.md"
+    fi
+done
 echo
 echo "raw output: $OUT"

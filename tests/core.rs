@@ -275,7 +275,7 @@ async fn pgbouncer_ini_and_userlist_started_with_daemon_flag() -> Result<()> {
             "[databases]\napp = host=127.0.0.1 port={pgport} dbname=app\n* = host=127.0.0.1 port={pgport}\n\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {d}\nauth_type = md5\n\
              auth_file = {d}/userlist.txt\npool_mode = transaction\nlogfile = {d}/sluice.log\npidfile = {d}/sluice.pid\n\
-             ignore_startup_parameters = extra_float_digits\nmax_prepared_statements = 100\n%include {d}/pools.ini\n",
+             ignore_startup_parameters = extra_float_digits\nserver_round_robin = 1\n%include {d}/pools.ini\n",
             pgport = pg.port()
         ),
     )?;
@@ -321,7 +321,7 @@ async fn pgbouncer_ini_and_userlist_started_with_daemon_flag() -> Result<()> {
     );
     let log = std::fs::read_to_string(dir.path().join("sluice.log"))?;
     assert!(
-        log.contains("max_prepared_statements") && log.contains("no effect yet"),
+        log.contains("server_round_robin") && log.contains("no effect yet"),
         "{log}"
     );
     // --check validates the same file and prints the %include'd value.

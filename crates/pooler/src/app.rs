@@ -222,6 +222,7 @@ impl Current {
             check_delay: (c.server_check_delay >= 0.0 && !c.server_check_query.trim().is_empty())
                 .then(|| Duration::from_secs_f64(c.server_check_delay.max(0.0))),
             check_query: Some(c.server_check_query.trim().to_owned()).filter(|q| !q.is_empty()),
+            max_prepared: c.max_prepared_statements as usize,
         };
         Ok(Plan {
             key: (db.to_owned(), server_user),

@@ -18,6 +18,7 @@ pub mod params;
 pub mod pool;
 pub mod server;
 pub mod shutdown;
+pub mod statements;
 pub mod stats;
 pub mod stream;
 pub mod telemetry;

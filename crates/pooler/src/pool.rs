@@ -60,6 +60,9 @@ pub struct PoolSettings {
     /// (None: never).
     pub check_delay: Option<Duration>,
     pub check_query: Option<String>,
+    /// `max_prepared_statements` per server connection (0: named statements pass
+    /// through untouched, as in PgBouncer before 1.21).
+    pub max_prepared: usize,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]

@@ -135,6 +135,8 @@ pub struct ServerConn {
     pub params: ParamSet,
     /// Fingerprint of the client settings it was last brought in line with (0: none).
     pub synced_for: u64,
+    /// Named statements prepared on it (transaction mode).
+    pub statements: crate::statements::ServerStatements,
     /// Held while the connection exists: max_db_connections / max_user_connections.
     pub _permits: Vec<OwnedSemaphorePermit>,
 }
@@ -304,6 +306,7 @@ impl ServerConn {
             backend_key: backend.1,
             params: server_params.into(),
             synced_for: 0,
+            statements: Default::default(),
             _permits: Vec::new(),
         })
     }

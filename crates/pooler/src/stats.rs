@@ -161,13 +161,14 @@ impl PoolStats {
         self.sent.fetch_add(sent, Ordering::Relaxed);
     }
 
-    /// Extended-protocol messages seen from the client.
+    /// Parse messages from the client and to servers, and Binds.
     #[inline]
-    pub fn parses_and_binds(&self, parses: u64, binds: u64) {
-        if parses > 0 {
-            self.client_parses.fetch_add(parses, Ordering::Relaxed);
-            // Every client Parse reaches the server unchanged (no statement cache yet).
-            self.server_parses.fetch_add(parses, Ordering::Relaxed);
+    pub fn parses_and_binds(&self, client_parses: u64, server_parses: u64, binds: u64) {
+        if client_parses > 0 {
+            self.client_parses.fetch_add(client_parses, Ordering::Relaxed);
+        }
+        if server_parses > 0 {
+            self.server_parses.fetch_add(server_parses, Ordering::Relaxed);
         }
         if binds > 0 {
             self.binds.fetch_add(binds, Ordering::Relaxed);

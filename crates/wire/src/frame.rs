@@ -135,6 +135,22 @@ impl Scanner {
         self.scanned -= n;
     }
 
+    /// The caller handled the message the scan stopped before: `replaced` bytes now
+    /// stand at the scan point and may be forwarded, and `remaining` more bytes of
+    /// the same message (its body's tail, not rewritten) follow and pass through.
+    #[inline]
+    pub fn accept(&mut self, replaced: usize, remaining: usize) {
+        self.scanned += replaced;
+        self.skip = remaining;
+        self.awaiting_body = false;
+    }
+
+    /// The unscanned part of the buffer starts at this offset.
+    #[inline]
+    pub fn scan_point(&self) -> usize {
+        self.scanned
+    }
+
     /// Forget everything (the buffer was cleared).
     pub fn reset(&mut self) {
         self.scanned = 0;

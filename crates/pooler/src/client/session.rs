@@ -21,6 +21,8 @@ use sluice_wire::backend::{self, Severity, TxStatus, READY_FOR_QUERY};
 
 /// CommandComplete.
 const COMMAND_COMPLETE: u8 = b'C';
+/// ParseComplete.
+const PARSE_COMPLETE: u8 = b'1';
 use sluice_wire::frontend::{self, TERMINATE};
 use sluice_wire::{FrameError, Header, OnHeader, ScanHandler, Scanner, Visit};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,6 +32,7 @@ use tracing::debug;
 use super::{send_error, ClientConn};
 use std::sync::Arc;
 
+use super::prepared;
 use super::state::SessionState;
 use crate::app::Route;
 use crate::cancel::{ClientLink, Kill};
@@ -131,6 +134,8 @@ struct TxTracker {
     /// Parse and Bind messages since the last ReadyForQuery.
     parses: u32,
     binds: u32,
+    /// Named prepared statements in transaction mode.
+    prepared: prepared::State,
 }
 
 impl TxTracker {
@@ -196,9 +201,16 @@ impl TxTracker {
             received: std::mem::take(&mut self.received),
             sent: std::mem::take(&mut self.sent),
         });
-        if self.parses > 0 || self.binds > 0 {
-            stats.parses_and_binds(u64::from(self.parses), u64::from(self.binds));
-            (self.parses, self.binds) = (0, 0);
+        self.prepared.tracker.ready_for_query();
+        if self.parses > 0 || self.binds > 0 || self.prepared.server_parses > 0 {
+            // Without rewriting, every client Parse reaches the server as it is.
+            let server_parses = if self.prepared.enabled {
+                self.prepared.server_parses
+            } else {
+                self.parses
+            };
+            stats.parses_and_binds(u64::from(self.parses), u64::from(server_parses), u64::from(self.binds));
+            (self.parses, self.binds, self.prepared.server_parses) = (0, 0, 0);
         }
         if !more {
             self.clock.idle_since = Some(now);
@@ -241,7 +253,13 @@ impl ScanHandler for ClientSide<'_> {
             // The end of a cancelled batch.
             frontend::SYNC => return Ok(Visit::StopAfter),
             // A Query completes at the ReadyForQuery it was just counted for.
-            frontend::QUERY if tx.discard.is_none() => tx.session.saw_statement(cstr(body), tx.pending_rfq),
+            frontend::QUERY if tx.discard.is_none() => {
+                let sql = cstr(body);
+                if tx.prepared.enabled && drops_all_statements(sql) {
+                    tx.prepared.clear_requested = true;
+                }
+                tx.session.saw_statement(sql, tx.pending_rfq)
+            }
             // Parse: statement name, then the query text; it completes at the next Sync.
             frontend::PARSE if tx.discard.is_none() => {
                 let name_end = body.iter().position(|&b| b == 0).map_or(body.len(), |i| i + 1);
@@ -255,6 +273,10 @@ impl ScanHandler for ClientSide<'_> {
     #[inline]
     fn header(&mut self, h: Header) -> Result<OnHeader, ScanError> {
         let tx = &mut *self.0;
+        if tx.prepared.stopped {
+            // Waiting for the statement message here to be rewritten.
+            return Ok(OnHeader::StopBefore);
+        }
         if tx.discard.is_some() && !tx.in_batch {
             // The cancelled request is complete; what follows is a new one.
             return Ok(OnHeader::StopBefore);
@@ -267,6 +289,7 @@ impl ScanHandler for ClientSide<'_> {
             t if frontend::expects_ready_for_query(t) => {
                 tx.request_starts();
                 tx.pending_rfq += 1;
+                tx.prepared.tracker.segment_sent();
                 if t == frontend::SYNC {
                     tx.in_batch = false;
                     if tx.discard.is_some() {
@@ -282,6 +305,10 @@ impl ScanHandler for ClientSide<'_> {
                     frontend::PARSE => tx.parses += 1,
                     frontend::BIND => tx.binds += 1,
                     _ => {}
+                }
+                if tx.prepared.enabled && tx.discard.is_none() && prepared::names_statement(t) {
+                    tx.prepared.stopped = true;
+                    return Ok(OnHeader::StopBefore);
                 }
             }
             t if frontend::is_known_tag(t) && t != frontend::PASSWORD => {}
@@ -324,10 +351,23 @@ impl ScanHandler for ServerSide<'_> {
 
     #[inline]
     fn header(&mut self, h: Header) -> Result<OnHeader, FrameError> {
+        if self.tx.prepared.dropping {
+            return Ok(OnHeader::StopBefore);
+        }
         Ok(match h.tag {
             READY_FOR_QUERY | backend::PARAMETER_STATUS => OnHeader::Decode,
+            PARSE_COMPLETE if self.tx.prepared.tracker.active() => {
+                if self.tx.prepared.tracker.parse_complete() {
+                    // Answers a Parse Sluice put in: the client never asked for it.
+                    self.tx.prepared.dropping = true;
+                    OnHeader::StopBefore
+                } else {
+                    OnHeader::Pass
+                }
+            }
             backend::ERROR_RESPONSE => {
                 self.tx.session.failed();
+                self.tx.prepared.tracker.error();
                 OnHeader::Pass
             }
             COMMAND_COMPLETE if self.tx.session.has_pending() => OnHeader::Decode,
@@ -381,12 +421,45 @@ enum LinkEnd {
     ServerError(FrameError),
 }
 
-fn scan_client(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(), ClientError> {
-    match client.scan.scan(&client.buf, &mut ClientSide(tx)) {
-        Ok(_) => Ok(()),
-        Err(ScanError::Client(e)) => Err(e),
-        Err(ScanError::Frame(e)) => Err(ClientError::protocol(e.to_string())),
+/// Scans what the client sent, rewriting statement messages (with the linked
+/// server, if any) as they come.
+fn scan_client(
+    client: &mut ClientConn,
+    tx: &mut TxTracker,
+    mut server: Option<&mut ServerConn>,
+) -> Result<(), ClientError> {
+    loop {
+        match client.scan.scan(&client.buf, &mut ClientSide(tx)) {
+            Ok(_) => {}
+            Err(ScanError::Client(e)) => return Err(e),
+            Err(ScanError::Frame(e)) => return Err(ClientError::protocol(e.to_string())),
+        }
+        if let Some(server) = server.as_deref_mut() {
+            if tx.prepared.clear_requested {
+                // DISCARD ALL / DEALLOCATE ALL runs on this server.
+                tx.prepared.clear_requested = false;
+                tx.prepared.statements.clear();
+                server.statements.clear();
+            }
+        }
+        if !tx.prepared.stopped {
+            return Ok(());
+        }
+        let pending = tx.pending_rfq;
+        let session = &mut tx.session;
+        let mut saw_parse = |sql: &[u8]| session.saw_statement(sql, pending + 1);
+        match prepared::rewrite(client, &mut tx.prepared, server.as_deref_mut(), &mut saw_parse)? {
+            prepared::Step::Handled => tx.prepared.stopped = false,
+            prepared::Step::Wait => return Ok(()),
+        }
     }
+}
+
+/// `DISCARD ALL` / `DEALLOCATE ALL` (any case): the server forgets its statements.
+fn drops_all_statements(sql: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(&sql[..sql.len().min(64)]).to_ascii_lowercase();
+    let s = s.trim_start();
+    s.starts_with("discard all") || s.starts_with("deallocate all") || s.starts_with("deallocate prepare all")
 }
 
 /// Bytes moving both ways between one client and one server.
@@ -474,6 +547,20 @@ impl Link<'_> {
         }
     }
 
+    /// Scans newly read server bytes.
+    fn scan_server(&mut self) -> Result<(), FrameError> {
+        let mut side = ServerSide {
+            tx: self.tx,
+            server_params: &mut self.server.params,
+            server_synced_for: &mut self.server.synced_for,
+            mode: self.mode,
+            client_at_boundary: self.client.scan.at_boundary(),
+            release: &mut self.release,
+            stats: self.stats,
+        };
+        self.server.scan.scan(&self.server.buf, &mut side).map(|_| ())
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<LinkEnd> {
         loop {
             let mut progress = false;
@@ -484,6 +571,14 @@ impl Link<'_> {
                     Io::Closed => return Poll::Ready(LinkEnd::ClientGone),
                     Io::Moved(_) => progress = true,
                     Io::Pending => {}
+                }
+            } else if self.tx.prepared.dropping && self.server.buf.len() >= 5 {
+                // The ParseComplete of an injected Parse is at the front: drop it.
+                self.server.buf.advance(5);
+                self.tx.prepared.dropping = false;
+                progress = true;
+                if let Err(e) = self.scan_server() {
+                    return Poll::Ready(LinkEnd::ServerError(e));
                 }
             } else if self.release && self.server.buf.is_empty() && self.server.scan.at_boundary() {
                 return Poll::Ready(LinkEnd::Release);
@@ -517,16 +612,7 @@ impl Link<'_> {
                         if self.swallow > 0 {
                             continue;
                         }
-                        let mut side = ServerSide {
-                            tx: self.tx,
-                            server_params: &mut self.server.params,
-                            server_synced_for: &mut self.server.synced_for,
-                            mode: self.mode,
-                            client_at_boundary: self.client.scan.at_boundary(),
-                            release: &mut self.release,
-                            stats: self.stats,
-                        };
-                        if let Err(e) = self.server.scan.scan(&self.server.buf, &mut side) {
+                        if let Err(e) = self.scan_server() {
                             return Poll::Ready(LinkEnd::ServerError(e));
                         }
                     }
@@ -541,7 +627,7 @@ impl Link<'_> {
                     Io::Closed => return Poll::Ready(LinkEnd::ClientGone),
                     Io::Moved(_) => {
                         progress = true;
-                        if let Err(e) = scan_client(self.client, self.tx) {
+                        if let Err(e) = scan_client(self.client, self.tx, Some(&mut *self.server)) {
                             return Poll::Ready(LinkEnd::ClientError(e));
                         }
                     }
@@ -608,6 +694,10 @@ pub async fn run(
         sent: 0,
         parses: 0,
         binds: 0,
+        prepared: prepared::State {
+            enabled: route.mode != PoolMode::Session && route.pool.settings().max_prepared > 0,
+            ..prepared::State::default()
+        },
     };
     // Read once per client: a reload applies to the pool at once and to clients'
     // own limits from their next connection.
@@ -618,7 +708,7 @@ pub async fn run(
     loop {
         // Idle: wait until the client sends something a server must see.
         loop {
-            if let Err(e) = scan_client(client, &mut tx) {
+            if let Err(e) = scan_client(client, &mut tx, None) {
                 send_error(client, &e).await;
                 return "client protocol error";
             }
@@ -627,8 +717,38 @@ pub async fn run(
                     return reason;
                 }
             }
-            if client.scan.forwardable() > 0 && tx.discard.is_none() {
-                break;
+            let mut local = prepared::Local::NotThisShape;
+            if tx.prepared.stopped && tx.discard.is_none() && client.scan.forwardable() == 0 {
+                let pending = tx.pending_rfq;
+                let session = &mut tx.session;
+                let mut saw_parse = |sql: &[u8]| session.saw_statement(sql, pending + 1);
+                local = match prepared::answer_locally(client, &mut tx.prepared, &mut saw_parse) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        send_error(client, &e).await;
+                        return "client protocol error";
+                    }
+                };
+            }
+            match local {
+                prepared::Local::Answered(out) => {
+                    // Prepare-only request answered without a server: undo its start.
+                    tx.prepared.stopped = false;
+                    tx.in_batch = false;
+                    tx.clock.request_started = None;
+                    tx.xact_started = None;
+                    if client.wr.write_all(&out).await.is_err() {
+                        return "client unexpected eof";
+                    }
+                    continue;
+                }
+                prepared::Local::NeedMore => {}
+                // A request (or a statement message to rewrite on a server) is waiting.
+                prepared::Local::NotThisShape => {
+                    if (client.scan.forwardable() > 0 || tx.prepared.stopped) && tx.discard.is_none() {
+                        break;
+                    }
+                }
             }
             if tx.terminate {
                 return "client close request";
@@ -753,6 +873,15 @@ pub async fn run(
             }
             swallow = 1;
         }
+        // Statement messages that waited for a server are rewritten for this one.
+        if tx.prepared.stopped || tx.prepared.clear_requested {
+            if let Err(e) = scan_client(client, &mut tx, Some(&mut server)) {
+                link.unlink().await;
+                route.pool.release(server, true);
+                send_error(client, &e).await;
+                return "client protocol error";
+            }
+        }
         let end = {
             let mut link = Link {
                 client: &mut *client,
@@ -782,6 +911,13 @@ pub async fn run(
                     }
                 }
                 tx.session.dirty = false;
+                tx.prepared.tracker.reset();
+                // max_prepared_statements: the least recently used go.
+                let victims = server.statements.evict_beyond(route.pool.settings().max_prepared);
+                if ok && !victims.is_empty() {
+                    let sql: String = victims.iter().map(|v| format!("DEALLOCATE \"{v}\";")).collect();
+                    ok = server.simple_query(&sql).await.is_ok();
+                }
                 route.pool.release(server, ok);
             }
             LinkEnd::Timeout(expired) => {
@@ -948,7 +1084,7 @@ async fn acquire_watching(
             }
             read = client.rd.read_buf(&mut client.buf), if room => match read {
                 Ok(0) | Err(_) => return Err(Waited::ClientGone),
-                Ok(_) => scan_client(client, tx).map_err(Waited::ClientError)?,
+                Ok(_) => scan_client(client, tx, None).map_err(Waited::ClientError)?,
             },
         }
     }
@@ -988,6 +1124,9 @@ impl ServerConn {
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ()> {
         // A reset may change settings PostgreSQL does not report: sync the next client.
         self.synced_for = 0;
+        if sql.to_ascii_lowercase().contains("discard all") {
+            self.statements.clear();
+        }
         let mut out = BytesMut::new();
         frontend::build::query(sql, &mut out).map_err(|_| ())?;
         self.wr.write_all(&out).await.map_err(|_| ())?;

@@ -151,6 +151,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "stats_period",
     "server_login_retry",
     "track_extra_parameters",
+    "max_prepared_statements",
     "server_check_delay",
     "server_check_query",
     "admin_users",

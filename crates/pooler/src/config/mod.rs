@@ -152,6 +152,8 @@ pub struct Config {
     pub server_check_query: String,
     /// Extra parameters tracked per client and synced to servers (comma-separated).
     pub track_extra_parameters: String,
+    /// Named prepared statements kept per server connection in transaction mode.
+    pub max_prepared_statements: u32,
     /// Sluice's own: address of the HTTP listener for /metrics, /health and /ready
     /// ("" = off).
     pub metrics_addr: String,
@@ -210,6 +212,7 @@ impl Default for Config {
             server_check_delay: 30.0,
             server_check_query: "select 1".into(),
             track_extra_parameters: "IntervalStyle".into(),
+            max_prepared_statements: 200,
             metrics_addr: String::new(),
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,

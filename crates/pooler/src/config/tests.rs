@@ -112,12 +112,8 @@ fn environment_overrides_the_file() {
 #[test]
 fn accepted_but_unimplemented_settings_are_listed() {
     let dir = tmpdir();
-    let ini = write(
-        &dir,
-        "x.ini",
-        "[pgbouncer]\nlisten_port = 1\nmax_prepared_statements = 100\n",
-    );
+    let ini = write(&dir, "x.ini", "[pgbouncer]\nlisten_port = 1\nserver_round_robin = 1\n");
     let l = load_env(&ini, &[]).unwrap();
     assert_eq!(l.ignored.len(), 1);
-    assert_eq!(l.ignored[0].0, "max_prepared_statements");
+    assert_eq!(l.ignored[0].0, "server_round_robin");
 }
