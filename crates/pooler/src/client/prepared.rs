@@ -40,6 +40,10 @@ pub struct State {
     pub clear_requested: bool,
     /// Parses sent to servers since the last ReadyForQuery (stats).
     pub server_parses: u32,
+    /// Reused buffers for rewritten messages and the buffer they are spliced into:
+    /// no allocation per Bind in steady state.
+    pub scratch: BytesMut,
+    pub spare: BytesMut,
 }
 
 /// Messages that may carry a statement name.
@@ -103,7 +107,7 @@ pub fn rewrite(
             let mut out = BytesMut::with_capacity(total + 64);
             parse_message(&mut out, send_as, &stmt.parse_tail);
             st.tracker.parse_sent(false);
-            replace(client, at, total, &out, 0);
+            replace(client, &mut st.spare, at, total, &out, 0);
             Ok(Step::Handled)
         }
         BIND => {
@@ -115,9 +119,7 @@ pub fn rewrite(
                 };
             };
             let name = &body[portal_end + 1..name_end];
-            let stmt = (!name.is_empty())
-                .then(|| st.statements.get(&String::from_utf8_lossy(name)).cloned())
-                .flatten();
+            let stmt = (!name.is_empty()).then(|| lookup(&st.statements, name)).flatten();
             let Some(stmt) = stmt else {
                 client.scan.accept(present, total - present);
                 return Ok(Step::Handled);
@@ -125,7 +127,8 @@ pub fn rewrite(
             let Some(server) = server else {
                 return Ok(Step::Wait);
             };
-            let mut out = BytesMut::with_capacity(128);
+            let mut out = std::mem::take(&mut st.scratch);
+            out.clear();
             ensure_prepared(server, st, &stmt, &mut out);
             let old_prefix = 5 + name_end + 1;
             let new_len = h.len as usize - name.len() + stmt.server_name.len();
@@ -134,7 +137,8 @@ pub fn rewrite(
             out.put_slice(&client.buf[at + 5..at + 5 + portal_end + 1]);
             out.put_slice(stmt.server_name.as_bytes());
             out.put_u8(0);
-            replace(client, at, old_prefix, &out, total - old_prefix);
+            replace(client, &mut st.spare, at, old_prefix, &out, total - old_prefix);
+            st.scratch = out;
             Ok(Step::Handled)
         }
         DESCRIBE | CLOSE => {
@@ -153,7 +157,7 @@ pub fn rewrite(
                 st.statements.remove(&name);
                 name_message(&mut out, CLOSE, b'S', NO_STATEMENT);
             } else {
-                let Some(stmt) = st.statements.get(&name).cloned() else {
+                let Some(stmt) = lookup(&st.statements, name.as_bytes()) else {
                     client.scan.accept(total, 0);
                     return Ok(Step::Handled);
                 };
@@ -163,7 +167,7 @@ pub fn rewrite(
                 ensure_prepared(server, st, &stmt, &mut out);
                 name_message(&mut out, DESCRIBE, b'S', &stmt.server_name);
             }
-            replace(client, at, total, &out, 0);
+            replace(client, &mut st.spare, at, total, &out, 0);
             Ok(Step::Handled)
         }
         _ => {
@@ -184,13 +188,24 @@ fn ensure_prepared(server: &mut ServerConn, st: &mut State, stmt: &Statement, ou
 }
 
 /// Replaces `old_len` bytes at the scan point with `new`, which become forwardable;
-/// `remaining` bytes of the same message follow and pass through.
-fn replace(client: &mut ClientConn, at: usize, old_len: usize, new: &[u8], remaining: usize) {
-    let tail = client.buf.split_off(at + old_len);
-    client.buf.truncate(at);
-    client.buf.extend_from_slice(new);
-    client.buf.unsplit(tail);
+/// `remaining` bytes of the same message follow and pass through. The result is built
+/// in `spare` and swapped in, so the two buffers' allocations are reused.
+fn replace(client: &mut ClientConn, spare: &mut BytesMut, at: usize, old_len: usize, new: &[u8], remaining: usize) {
+    spare.clear();
+    spare.reserve(client.buf.len() - old_len + new.len());
+    spare.extend_from_slice(&client.buf[..at]);
+    spare.extend_from_slice(new);
+    spare.extend_from_slice(&client.buf[at + old_len..]);
+    std::mem::swap(&mut client.buf, spare);
     client.scan.accept(new.len(), remaining);
+}
+
+/// A client's statement by name, without allocating for the usual UTF-8 names.
+fn lookup(statements: &ClientStatements, name: &[u8]) -> Option<std::sync::Arc<Statement>> {
+    match std::str::from_utf8(name) {
+        Ok(n) => statements.get(n).cloned(),
+        Err(_) => statements.get(&String::from_utf8_lossy(name)).cloned(),
+    }
 }
 
 fn parse_message(out: &mut BytesMut, name: &str, tail: &[u8]) {
