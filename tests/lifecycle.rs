@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use support::*;
 use tokio_postgres::NoTls;
 
@@ -692,8 +692,12 @@ async fn a_waiting_client_is_told_why_it_waits() -> Result<()> {
             .args(["-Atc", "SELECT 'served'"])
             .output()
     });
+    // A driver that stops at the first ErrorResponse must see a notice, not an error.
+    let driver = connect(&s.url(u, p, "app")).await?;
+    let driver_wait = tokio::spawn(async move { driver.batch_execute("SELECT 'served'").await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     holder.batch_execute("COMMIT").await?;
+    driver_wait.await?.context("the NOTICE did not fail the query")?;
     let out = waiter.await??;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),

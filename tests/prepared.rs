@@ -260,3 +260,70 @@ async fn a_client_preparing_without_end_gets_a_clear_error_and_others_go_on() ->
     bystander.batch_execute("SELECT 1").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_level_features_keep_their_server_until_the_client_leaves() -> Result<()> {
+    use futures_util::StreamExt;
+    let pg = postgres()?;
+    // Three servers: two clients keep one each below, the third is shared.
+    let s = Sluice::start(&pg, &settings(3, "query_wait_timeout = 10"), "")?;
+    let (u, p) = PLAIN_USER;
+    let url = s.url(u, p, "app");
+
+    // Temporary table and SQL-level PREPARE: right after, another client takes the
+    // most recently used server; the first client's next transactions still see both.
+    let a = connect(&url).await?;
+    let b = connect(&url).await?;
+    a.batch_execute("CREATE TEMP TABLE scratch (x int); PREPARE q AS SELECT 42")
+        .await?;
+    b.batch_execute("BEGIN; SELECT 1").await?;
+    for i in 0..5 {
+        a.batch_execute(&format!("INSERT INTO scratch VALUES ({i})")).await?;
+    }
+    let n: i64 = a.query_typed("SELECT count(*) FROM scratch", &[]).await?[0].get(0);
+    assert_eq!(n, 5);
+    let rows = a.simple_query("EXECUTE q").await?;
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("42"))));
+    b.batch_execute("COMMIT").await?;
+
+    // Session advisory lock: held until the client disconnects, then released
+    // (DISCARD ALL on the way back to the pool).
+    let c = connect(&url).await?;
+    c.batch_execute("SELECT pg_advisory_lock(7)").await?;
+    let got: bool = b.query_typed("SELECT pg_try_advisory_lock(7)", &[]).await?[0].get(0);
+    assert!(!got, "the lock is held by c");
+    drop(c);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got: bool = b.query_typed("SELECT pg_try_advisory_lock(7)", &[]).await?[0].get(0);
+    assert!(got, "released when c left");
+    b.batch_execute("SELECT pg_advisory_unlock_all()").await?;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // LISTEN: notifications reach the listener across later transactions.
+    let (listener, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await?;
+    let other = connect(&url).await?;
+    for i in 0..3 {
+        other.batch_execute(&format!("NOTIFY jobs, 'n{i}'")).await?;
+        listener.batch_execute("SELECT 1").await?;
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await?;
+        assert_eq!(got, Some(format!("n{i}")));
+    }
+    assert!(s
+        .log()
+        .contains("LISTEN in transaction mode: this client keeps its server"));
+    Ok(())
+}

@@ -44,17 +44,20 @@ impl ClientError {
         self
     }
 
+    /// An ErrorResponse, or a NoticeResponse for the severities below ERROR (a
+    /// notice must not end the client's request).
     pub fn write(&self, buf: &mut BytesMut) {
-        backend::error_response(
-            buf,
-            &ErrorFields {
-                severity: self.severity,
-                code: &self.code,
-                message: &self.message,
-                detail: self.detail.as_deref(),
-                hint: self.hint.as_deref(),
-            },
-        );
+        let fields = ErrorFields {
+            severity: self.severity,
+            code: &self.code,
+            message: &self.message,
+            detail: self.detail.as_deref(),
+            hint: self.hint.as_deref(),
+        };
+        match self.severity {
+            Severity::Error | Severity::Fatal => backend::error_response(buf, &fields),
+            _ => backend::notice_response(buf, &fields),
+        }
     }
 
     pub fn protocol(message: impl Into<String>) -> Self {

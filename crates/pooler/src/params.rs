@@ -256,6 +256,62 @@ fn classify_one(stmt: &str) -> Effect {
 /// and underscores (for `set_config`) are looked at closely. False positives only
 /// cost a [`classify`].
 #[inline]
+/// A session-level feature a statement starts, which a server cannot be shared
+/// across: the client then keeps its server until it disconnects (see
+/// docs/prepared-statements.md). Returns the feature's name.
+pub fn pins_session(sql: &[u8]) -> Option<&'static str> {
+    for pattern in [&b"advisory_lock"[..], b"ADVISORY_LOCK"] {
+        for i in memchr::memmem::find_iter(sql, pattern) {
+            // pg_advisory_lock(, pg_advisory_lock_shared(, pg_try_advisory_lock...; the
+            // _xact_ variants end with the transaction and are fine.
+            if !sql[..i].ends_with(b"xact_") && !sql[..i].ends_with(b"XACT_") {
+                return Some("session advisory locks (pg_advisory_lock)");
+            }
+        }
+    }
+    let starts = std::iter::once(0).chain(memchr::memchr_iter(b';', sql).map(|i| i + 1));
+    for from in starts {
+        let rest = &sql[from..];
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(rest.len());
+        // Only the statement's first words are looked at, without allocating: this
+        // runs on every short query.
+        let head = &rest[start..rest.len().min(start + 64)];
+        let word = |w: &[u8]| {
+            head.len() >= w.len()
+                && head[..w.len()].eq_ignore_ascii_case(w)
+                && head
+                    .get(w.len())
+                    .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+        };
+        if word(b"listen") {
+            return Some("LISTEN");
+        }
+        if word(b"prepare") {
+            return Some("SQL-level PREPARE");
+        }
+        if word(b"create") {
+            let words: Vec<&[u8]> = head
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty())
+                .collect();
+            let is = |w: &[u8], k: &[u8]| w.eq_ignore_ascii_case(k);
+            let temp = |w: &[u8]| is(w, b"temp") || is(w, b"temporary");
+            let scoped = words.get(1).is_some_and(|w| is(w, b"local") || is(w, b"global"));
+            if words.get(1).is_some_and(|w| temp(w)) || (scoped && words.get(2).is_some_and(|w| temp(w))) {
+                return Some("temporary tables");
+            }
+        }
+        if word(b"declare") {
+            let stmt_end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            let text = rest[..stmt_end].to_ascii_lowercase();
+            if memchr::memmem::find(&text, b"with hold").is_some() {
+                return Some("cursors WITH HOLD");
+            }
+        }
+    }
+    None
+}
+
 pub fn may_change_session(sql: &[u8]) -> bool {
     let starts_session_keyword = |from: usize| {
         let rest = &sql[from..];
@@ -306,6 +362,35 @@ pub fn options_to_sets(options: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_features_are_recognised() {
+        assert_eq!(pins_session(b"LISTEN jobs"), Some("LISTEN"));
+        assert_eq!(pins_session(b"select 1; listen jobs"), Some("LISTEN"));
+        assert_eq!(
+            pins_session(b"SELECT pg_advisory_lock(42)"),
+            Some("session advisory locks (pg_advisory_lock)")
+        );
+        assert_eq!(
+            pins_session(b"SELECT pg_try_advisory_lock_shared(1)"),
+            Some("session advisory locks (pg_advisory_lock)")
+        );
+        assert_eq!(pins_session(b"SELECT pg_advisory_xact_lock(42)"), None);
+        assert_eq!(pins_session(b"CREATE TEMP TABLE t (x int)"), Some("temporary tables"));
+        assert_eq!(
+            pins_session(b"create local temporary table t (x int)"),
+            Some("temporary tables")
+        );
+        assert_eq!(pins_session(b"CREATE TABLE temp (x int)"), None);
+        assert_eq!(
+            pins_session(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+            Some("cursors WITH HOLD")
+        );
+        assert_eq!(pins_session(b"DECLARE c CURSOR FOR SELECT 1"), None);
+        assert_eq!(pins_session(b"PREPARE q AS SELECT 1"), Some("SQL-level PREPARE"));
+        assert_eq!(pins_session(b"SELECT 'listen' AS prepared"), None);
+        assert_eq!(pins_session(b"listener"), None);
+    }
 
     fn one(sql: &str) -> Effect {
         let mut v = classify(sql);

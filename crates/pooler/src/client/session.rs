@@ -384,7 +384,9 @@ impl ScanHandler for ServerSide<'_> {
             if self.tx.session.has_pending() {
                 self.tx.session.ready_for_query(status);
             }
-            if self.mode != PoolMode::Session && self.tx.idle() && self.client_at_boundary {
+            // A client that started a session-level feature keeps its server.
+            let pinned = self.tx.session.pinned.is_some();
+            if self.mode != PoolMode::Session && !pinned && self.tx.idle() && self.client_at_boundary {
                 *self.release = true;
             }
         } else if h.tag == backend::PARAMETER_STATUS {
@@ -933,7 +935,7 @@ pub async fn run(
             LinkEnd::Terminate | LinkEnd::ClientGone => {
                 let clean =
                     tx.idle() && client.scan.at_boundary() && server.buf.is_empty() && server.scan.at_boundary();
-                finish_server(route, server, clean, tx.session.dirty).await;
+                finish_server(route, server, clean, tx.session.dirty, tx.session.pinned.is_some()).await;
                 return if matches!(end, LinkEnd::Terminate) {
                     "client close request"
                 } else {
@@ -965,7 +967,7 @@ pub async fn run(
 /// A client left while linked. In session mode the server is reset before reuse
 /// (`DISCARD ALL`); a server in the middle of anything is closed, which makes
 /// PostgreSQL roll back and free its locks at once.
-async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty: bool) {
+async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty: bool, pinned: bool) {
     if !clean {
         route.pool.release(server, false);
         return;
@@ -973,6 +975,8 @@ async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty
     let settings = route.pool.settings();
     let reset = match route.mode {
         PoolMode::Session => settings.reset_query.as_deref(),
+        // LISTEN, temporary tables, advisory locks, cursors, SQL PREPARE: all gone.
+        _ if pinned => Some("DISCARD ALL"),
         _ if settings.reset_always => settings.reset_query.as_deref(),
         _ if dirty => Some("RESET ALL"),
         _ => None,

@@ -29,6 +29,9 @@ pub struct SessionState {
     /// the same digest needs no comparison (the common case: every client of an app
     /// has the same settings).
     pub fingerprint: u64,
+    /// A session-level feature (LISTEN, temporary tables, ...) the client started:
+    /// its server stays with it until it disconnects, then is reset with DISCARD ALL.
+    pub pinned: Option<&'static str>,
 }
 
 impl SessionState {
@@ -65,6 +68,12 @@ impl SessionState {
     /// A Query or Parse text the client sent (only short ones are looked at), whose
     /// request completes at the `wait`-th ReadyForQuery from now.
     pub fn saw_statement(&mut self, sql: &[u8], wait: u32) {
+        if self.pinned.is_none() {
+            self.pinned = params::pins_session(sql);
+            if let Some(feature) = self.pinned {
+                tracing::info!("{feature} in transaction mode: this client keeps its server until it disconnects");
+            }
+        }
         if !params::may_change_session(sql) {
             return;
         }
