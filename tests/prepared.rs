@@ -327,3 +327,158 @@ async fn session_level_features_keep_their_server_until_the_client_leaves() -> R
         .contains("LISTEN in transaction mode: this client keeps its server"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_and_large_parameters_through_named_statements() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    let pg = postgres()?;
+    let s = Sluice::start(&pg, &settings(2, ""), "")?;
+    let (u, p) = PLAIN_USER;
+    let c = connect(&s.url(u, p, "app")).await?;
+    // COPY through a named statement (Parse/Bind/Execute), in and out.
+    let copy_in = c.prepare("COPY items (id, v) FROM STDIN").await?;
+    let sink = c.copy_in::<_, bytes::Bytes>(&copy_in).await?;
+    futures_util::pin_mut!(sink);
+    let rows: String = (5000..5100).map(|i| format!("{i}\tcopied {i}\n")).collect();
+    sink.send(bytes::Bytes::from(rows)).await?;
+    assert_eq!(sink.finish().await?, 100);
+    let copy_out = c
+        .prepare("COPY (SELECT v FROM items WHERE id >= 5000 ORDER BY id) TO STDOUT")
+        .await?;
+    let stream = c.copy_out(&copy_out).await?;
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    assert_eq!(String::from_utf8(out)?.lines().count(), 100);
+    // A named Bind far bigger than any buffer (5 MB parameter), on a server that
+    // must first prepare the statement again.
+    let echo = c.prepare("SELECT length($1::text)").await?;
+    let admin = connect(&s.url(SCRAM_USER.0, SCRAM_USER.1, "pgbouncer")).await?;
+    admin.simple_query("RECONNECT app").await?;
+    // WAIT_CLOSE returns only once every server was released: also after COPY
+    // FROM STDIN through the extended protocol, whose early Sync PostgreSQL ignores.
+    admin.simple_query("WAIT_CLOSE app").await?;
+    let big = "x".repeat(5 * 1024 * 1024);
+    let n: i32 = c.query_one(&echo, &[&big]).await?.get(0);
+    assert_eq!(n as usize, big.len());
+    Ok(())
+}
+
+/// Tags of the messages answering one request, up to ReadyForQuery (or until `stop`).
+async fn tags_until(s: &mut tokio::net::TcpStream, stop: u8) -> Result<Vec<u8>> {
+    let mut tags = Vec::new();
+    loop {
+        let (tag, _) = tokio::time::timeout(Duration::from_secs(5), read_message(s))
+            .await
+            .context("the answer stopped")??;
+        if tag == b'N' || tag == b'S' {
+            continue;
+        }
+        tags.push(tag);
+        if tag == stop {
+            return Ok(tags);
+        }
+    }
+}
+
+fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("{name}\0{sql}\0").as_bytes());
+    body.put_u16(0);
+    message(out, b'P', &body);
+}
+
+fn bind_execute(out: &mut BytesMut, name: &str, max_rows: i32) {
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("\0{name}\0").as_bytes());
+    body.put_u16(0); // parameter formats
+    body.put_u16(0); // parameters
+    body.put_u16(0); // result formats
+    message(out, b'B', &body);
+    let mut exec = b"\0".to_vec();
+    exec.put_i32(max_rows);
+    message(out, b'E', &exec);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_flush_and_portals_keep_the_exact_response_order() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        &format!(
+            "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 2\nadmin_users = \"{}\"",
+            TRUST_USER.0
+        ),
+        "",
+    )?;
+    let mut c = raw_login(s.port).await?;
+    // Several named Parses, Binds and Executes before one Sync.
+    let mut out = BytesMut::new();
+    parse(&mut out, "one", "SELECT 1");
+    parse(&mut out, "two", "SELECT 2 UNION ALL SELECT 3");
+    bind_execute(&mut out, "one", 0);
+    bind_execute(&mut out, "two", 0);
+    message(&mut out, b'S', &[]);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"112DC2DDCZ".to_vec());
+
+    // Flush without Sync: the ParseComplete comes at once.
+    let mut out = BytesMut::new();
+    parse(&mut out, "three", "SELECT 4");
+    message(&mut out, b'H', &[]);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'1').await?, b"1".to_vec());
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, "three", 0);
+    message(&mut out, b'S', &[]);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"2DCZ".to_vec());
+
+    // New servers: every statement is prepared again in the middle of a batch whose
+    // middle part fails; the dropped ParseCompletes never show.
+    let admin = connect(&s.url(TRUST_USER.0, TRUST_USER.1, "pgbouncer")).await?;
+    admin.simple_query("RECONNECT app").await?;
+    admin.simple_query("WAIT_CLOSE app").await?;
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, "one", 0);
+    message(&mut out, b'S', &[]);
+    parse(&mut out, "bad", "SELECT 1/0");
+    bind_execute(&mut out, "bad", 0);
+    bind_execute(&mut out, "two", 0); // skipped after the error, with its injected Parse
+    message(&mut out, b'S', &[]);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"2DCZ".to_vec());
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"1EZ".to_vec());
+    // The skipped Parse created nothing: "two" is prepared again before its Bind.
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, "two", 0);
+    message(&mut out, b'S', &[]);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"2DDCZ".to_vec());
+
+    // A portal read in parts inside a transaction (fetchmany on a cursor).
+    let mut out = BytesMut::new();
+    let mut q = b"BEGIN\0".to_vec();
+    message(&mut out, b'Q', &q);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"CZ".to_vec());
+    let mut out = BytesMut::new();
+    parse(&mut out, "many", "SELECT g FROM generate_series(1, 5) g");
+    bind_execute(&mut out, "many", 2);
+    message(&mut out, b'S', &[]);
+    let mut exec = b"\0".to_vec();
+    exec.put_i32(2);
+    message(&mut out, b'E', &exec);
+    message(&mut out, b'S', &[]);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"12DDsZ".to_vec());
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"DDsZ".to_vec());
+    q = b"COMMIT\0".to_vec();
+    let mut out = BytesMut::new();
+    message(&mut out, b'Q', &q);
+    c.write_all(&out).await?;
+    assert_eq!(tags_until(&mut c, b'Z').await?, b"CZ".to_vec());
+    Ok(())
+}

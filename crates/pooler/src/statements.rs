@@ -133,6 +133,11 @@ impl ServerStatements {
         self.prepared.is_empty()
     }
 
+    /// A Parse for `name` failed or was skipped: the statement does not exist.
+    pub fn forget(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
     /// The server's statements are gone (DISCARD ALL, DEALLOCATE ALL).
     pub fn clear(&mut self) {
         self.prepared.clear();
@@ -163,8 +168,9 @@ impl ServerStatements {
 /// between get no answer.
 #[derive(Debug, Default)]
 pub struct ParseTracker {
-    /// (segment, injected by Sluice) per Parse sent and not yet answered.
-    queue: VecDeque<(u64, bool)>,
+    /// Per Parse sent and not yet answered: its segment, whether Sluice injected it,
+    /// and the server statement it creates (None: unnamed).
+    queue: VecDeque<(u64, bool, Option<String>)>,
     /// Segments (requests ending in Sync/Query/FunctionCall) sent to the server.
     sent: u64,
     /// Segments the server has finished (ReadyForQuery seen).
@@ -178,9 +184,10 @@ impl ParseTracker {
         !self.queue.is_empty()
     }
 
-    /// A Parse was sent (`injected`: by Sluice, to re-prepare a statement).
-    pub fn parse_sent(&mut self, injected: bool) {
-        self.queue.push_back((self.sent, injected));
+    /// A Parse was sent (`injected`: by Sluice, to re-prepare a statement), creating
+    /// server statement `name` if it succeeds.
+    pub fn parse_sent(&mut self, injected: bool, name: Option<&str>) {
+        self.queue.push_back((self.sent, injected, name.map(str::to_owned)));
     }
 
     /// A Sync, Query or FunctionCall was sent: the next Parses belong to a new segment.
@@ -189,25 +196,40 @@ impl ParseTracker {
         self.sent += 1;
     }
 
-    /// A ParseComplete arrived: true if it answers an injected Parse (drop it).
-    pub fn parse_complete(&mut self) -> bool {
-        while self.queue.front().is_some_and(|(seg, _)| *seg < self.done) {
-            self.queue.pop_front();
-        }
-        self.queue.pop_front().is_some_and(|(_, injected)| injected)
+    /// A Sync the server ignored (sent during COPY FROM STDIN): no segment after all.
+    #[inline]
+    pub fn segment_ignored(&mut self) {
+        self.sent = self.sent.saturating_sub(1);
     }
 
-    /// An ErrorResponse: the rest of this segment's Parses get no answer.
-    pub fn error(&mut self) {
+    /// A ParseComplete arrived: true if it answers an injected Parse (drop it).
+    pub fn parse_complete(&mut self) -> bool {
+        while self.queue.front().is_some_and(|(seg, ..)| *seg < self.done) {
+            self.queue.pop_front();
+        }
+        self.queue.pop_front().is_some_and(|(_, injected, _)| injected)
+    }
+
+    /// An ErrorResponse: the rest of this segment's Parses get no answer, so the
+    /// statements they would have created do not exist; returns their names.
+    pub fn error(&mut self) -> Vec<String> {
         let done = self.done;
-        self.queue.retain(|(seg, _)| *seg != done);
+        let mut lost = Vec::new();
+        self.queue.retain_mut(|(seg, _, name)| {
+            if *seg != done {
+                return true;
+            }
+            lost.extend(name.take());
+            false
+        });
+        lost
     }
 
     /// A ReadyForQuery: a segment is finished.
     pub fn ready_for_query(&mut self) {
         self.done += 1;
         let done = self.done;
-        self.queue.retain(|(seg, _)| *seg >= done);
+        self.queue.retain(|(seg, ..)| *seg >= done);
     }
 
     /// The link ended at a ReadyForQuery boundary: start afresh with the next server.
@@ -261,20 +283,22 @@ mod tests {
     fn parse_completes_match_their_parses_across_errors() {
         let mut t = ParseTracker::default();
         // Segment 0: injected Parse, client Parse, Sync.
-        t.parse_sent(true);
-        t.parse_sent(false);
+        t.parse_sent(true, Some("a"));
+        t.parse_sent(false, None);
         t.segment_sent();
         // Segment 1: client Parse (fails), injected Parse (skipped), Sync.
-        t.parse_sent(false);
-        t.parse_sent(true);
+        t.parse_sent(false, Some("b"));
+        t.parse_sent(true, Some("c"));
         t.segment_sent();
         // Segment 2: injected Parse, Sync.
-        t.parse_sent(true);
+        t.parse_sent(true, Some("d"));
         t.segment_sent();
         assert!(t.parse_complete(), "the injected one is dropped");
         assert!(!t.parse_complete(), "the client's passes");
         t.ready_for_query();
-        t.error(); // segment 1's client Parse failed: nothing more until Sync
+        // Segment 1's client Parse failed: nothing more until Sync, and neither
+        // statement exists.
+        assert_eq!(t.error(), ["b", "c"]);
         t.ready_for_query();
         assert!(t.parse_complete(), "segment 2's injected Parse");
         t.ready_for_query();

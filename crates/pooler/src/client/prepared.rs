@@ -84,7 +84,7 @@ pub fn rewrite(
             let (name, tail) = split_cstr(body).ok_or_else(|| malformed("Parse"))?;
             if name.is_empty() {
                 saw_parse(cstr_prefix(tail));
-                st.tracker.parse_sent(false);
+                st.tracker.parse_sent(false, None);
                 client.scan.accept(total, 0);
                 return Ok(Step::Handled);
             }
@@ -106,7 +106,7 @@ pub fn rewrite(
             };
             let mut out = BytesMut::with_capacity(total + 64);
             parse_message(&mut out, send_as, &stmt.parse_tail);
-            st.tracker.parse_sent(false);
+            st.tracker.parse_sent(false, Some(send_as).filter(|n| !n.is_empty()));
             replace(client, &mut st.spare, at, total, &out, 0);
             Ok(Step::Handled)
         }
@@ -182,7 +182,7 @@ fn ensure_prepared(server: &mut ServerConn, st: &mut State, stmt: &Statement, ou
     if !server.statements.has(&stmt.server_name) {
         parse_message(out, &stmt.server_name, &stmt.parse_tail);
         server.statements.add(&stmt.server_name);
-        st.tracker.parse_sent(true);
+        st.tracker.parse_sent(true, Some(&stmt.server_name));
         st.server_parses += 1;
     }
 }

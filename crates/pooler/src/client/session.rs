@@ -136,6 +136,9 @@ struct TxTracker {
     binds: u32,
     /// Named prepared statements in transaction mode.
     prepared: prepared::State,
+    /// Syncs sent since the last Execute or Query. If that started a COPY FROM
+    /// STDIN, PostgreSQL ignores them (no ReadyForQuery): counted off at CopyDone.
+    syncs_since_execute: u32,
 }
 
 impl TxTracker {
@@ -286,10 +289,22 @@ impl ScanHandler for ClientSide<'_> {
                 tx.terminate = true;
                 return Ok(OnHeader::StopBefore);
             }
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                // Syncs sent during copy-in were ignored by the server.
+                let ignored = std::mem::take(&mut tx.syncs_since_execute);
+                tx.pending_rfq = tx.pending_rfq.saturating_sub(ignored);
+                for _ in 0..ignored {
+                    tx.prepared.tracker.segment_ignored();
+                }
+            }
             t if frontend::expects_ready_for_query(t) => {
                 tx.request_starts();
                 tx.pending_rfq += 1;
                 tx.prepared.tracker.segment_sent();
+                match t {
+                    frontend::SYNC => tx.syncs_since_execute += 1,
+                    _ => tx.syncs_since_execute = 0,
+                }
                 if t == frontend::SYNC {
                     tx.in_batch = false;
                     if tx.discard.is_some() {
@@ -304,6 +319,7 @@ impl ScanHandler for ClientSide<'_> {
                 match t {
                     frontend::PARSE => tx.parses += 1,
                     frontend::BIND => tx.binds += 1,
+                    frontend::EXECUTE => tx.syncs_since_execute = 0,
                     _ => {}
                 }
                 if tx.prepared.enabled && tx.discard.is_none() && prepared::names_statement(t) {
@@ -344,6 +360,8 @@ struct ServerSide<'a> {
     client_at_boundary: bool,
     release: &'a mut bool,
     stats: &'a PoolStats,
+    /// Statements that a failed or skipped Parse did not create are forgotten here.
+    server_statements: &'a mut crate::statements::ServerStatements,
 }
 
 impl ScanHandler for ServerSide<'_> {
@@ -367,7 +385,9 @@ impl ScanHandler for ServerSide<'_> {
             }
             backend::ERROR_RESPONSE => {
                 self.tx.session.failed();
-                self.tx.prepared.tracker.error();
+                for lost in self.tx.prepared.tracker.error() {
+                    self.server_statements.forget(&lost);
+                }
                 OnHeader::Pass
             }
             COMMAND_COMPLETE if self.tx.session.has_pending() => OnHeader::Decode,
@@ -559,6 +579,7 @@ impl Link<'_> {
             client_at_boundary: self.client.scan.at_boundary(),
             release: &mut self.release,
             stats: self.stats,
+            server_statements: &mut self.server.statements,
         };
         self.server.scan.scan(&self.server.buf, &mut side).map(|_| ())
     }
@@ -700,6 +721,7 @@ pub async fn run(
             enabled: route.mode != PoolMode::Session && route.pool.settings().max_prepared > 0,
             ..prepared::State::default()
         },
+        syncs_since_execute: 0,
     };
     // Read once per client: a reload applies to the pool at once and to clients'
     // own limits from their next connection.
