@@ -669,22 +669,6 @@ async fn healthcheck_exits_0_while_serving_and_1_when_not() -> Result<()> {
     Ok(())
 }
 
-/// The system Python (where Debian's python3-psycopg lives) or whichever python3
-/// comes first on PATH and has psycopg.
-fn python_with_psycopg() -> Result<&'static str> {
-    for python in ["/usr/bin/python3", "python3"] {
-        let ok = std::process::Command::new(python)
-            .args(["-c", "import psycopg"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(python);
-        }
-    }
-    anyhow::bail!("no python3 with psycopg 3: apt-get install python3-psycopg (.ci/run does)")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_reads_the_console() -> Result<()> {
     let pg = postgres()?;

@@ -147,21 +147,6 @@ async fn pgbench_prepared_and_extended_run_without_errors() -> Result<()> {
     Ok(())
 }
 
-/// The system Python with psycopg 3 (see tests/admin.rs).
-fn python() -> Result<&'static str> {
-    for python in ["/usr/bin/python3", "python3"] {
-        let ok = std::process::Command::new(python)
-            .args(["-c", "import psycopg"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(python);
-        }
-    }
-    anyhow::bail!("no python3 with psycopg 3: apt-get install python3-psycopg (.ci/run does)")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_clients_sharing_statement_names_always_get_their_own_results() -> Result<()> {
     let pg = postgres()?;
@@ -195,7 +180,7 @@ print("ok")
         port = s.port
     );
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python()?)
+        std::process::Command::new(python_with_psycopg()?)
             .arg("-c")
             .arg(&script)
             .output()

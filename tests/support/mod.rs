@@ -319,3 +319,19 @@ pub fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u32(body.len() as u32 + 4);
     out.put_slice(body);
 }
+
+/// The system Python (where Debian's python3-psycopg lives) or whichever python3
+/// comes first on PATH and has psycopg 3.
+pub fn python_with_psycopg() -> Result<&'static str> {
+    for python in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(python)
+            .args(["-c", "import psycopg"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(python);
+        }
+    }
+    bail!("no python3 with psycopg 3: apt-get install python3-psycopg (.ci/run does)")
+}

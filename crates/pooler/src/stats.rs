@@ -197,24 +197,12 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The `avg_*` figures of one period: counts and bytes per second, times in
-/// microseconds per transaction / query / assignment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Averages {
-    pub server_assignments: u64,
-    pub xacts: u64,
-    pub queries: u64,
-    pub received: u64,
-    pub sent: u64,
-    pub xact_time_us: u64,
-    pub query_time_us: u64,
-    pub wait_time_us: u64,
-    pub client_parses: u64,
-    pub server_parses: u64,
-    pub binds: u64,
-}
+/// The `avg_*` figures of one period, in the same fields as [`Totals`]: counts and
+/// bytes per second, times in microseconds per transaction / query / assignment.
+pub type Averages = Totals;
 
-impl Averages {
+impl Totals {
+    /// The averages of a period whose totals grew by `delta`.
     pub fn over(delta: Totals, period: Duration) -> Averages {
         let secs = period.as_secs_f64().max(1e-3);
         let rate = |n: u64| (n as f64 / secs).round() as u64;

@@ -277,7 +277,7 @@ fn print_check(loaded: &Loaded) {
                 .get(&format!("{section}.{name}"))
                 .map(|s| format!("  # {s}"))
                 .unwrap_or_default();
-            println!("\n[{section}.{}]{from}", toml_key(name));
+            println!("\n[{section}.{}]{from}", config::convert::table_key(name));
             for (k, v) in entry.as_table().into_iter().flatten() {
                 let v = if k == "password" {
                     toml::Value::from("***")
@@ -289,13 +289,4 @@ fn print_check(loaded: &Loaded) {
         }
     }
     println!("\n# {} user(s) with passwords", loaded.secrets.len());
-}
-
-/// A TOML table key, quoted when it is not a bare key (`"*"`).
-fn toml_key(k: &str) -> String {
-    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        k.to_owned()
-    } else {
-        toml::Value::from(k).to_string()
-    }
 }

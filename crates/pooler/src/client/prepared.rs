@@ -93,10 +93,10 @@ pub fn rewrite(
             };
             saw_parse(cstr_prefix(tail));
             let name = String::from_utf8_lossy(name).into_owned();
-            let stmt = st.statements.insert(&name, Bytes::copy_from_slice(tail)).map_err(|e| {
-                ClientError::protocol(e)
-                    .hint("close prepared statements you no longer need (or let the driver's statement cache do it)")
-            })?;
+            let stmt = st
+                .statements
+                .insert(&name, Bytes::copy_from_slice(tail))
+                .map_err(too_many)?;
             let send_as = if server.statements.has(&stmt.server_name) {
                 ""
             } else {
@@ -224,6 +224,12 @@ fn name_message(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     out.put_u8(0);
 }
 
+/// A client past its prepared-statement bounds.
+fn too_many(e: String) -> ClientError {
+    ClientError::protocol(e)
+        .hint("close prepared statements you no longer need (or let the driver's statement cache do it)")
+}
+
 fn malformed(what: &str) -> ClientError {
     ClientError::protocol(format!("malformed {what} message"))
 }
@@ -296,11 +302,7 @@ pub fn answer_locally(
                 let mut out = BytesMut::with_capacity(5 * parses.len() + 6);
                 for (name, tail) in parses {
                     saw_parse(cstr_prefix(&tail));
-                    st.statements.insert(&name, tail).map_err(|e| {
-                        ClientError::protocol(e).hint(
-                            "close prepared statements you no longer need (or let the driver's statement cache do it)",
-                        )
-                    })?;
+                    st.statements.insert(&name, tail).map_err(too_many)?;
                     out.put_slice(b"1\0\0\0\x04");
                 }
                 sluice_wire::backend::ready_for_query(&mut out, sluice_wire::backend::TxStatus::Idle);

@@ -122,7 +122,8 @@ fn typed(key: &str, value: &str, default: Option<&toml::Value>) -> String {
     }
 }
 
-fn table_key(k: &str) -> String {
+/// A TOML table key, quoted when it is not a bare key (`"*"`).
+pub fn table_key(k: &str) -> String {
     if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         k.to_owned()
     } else {

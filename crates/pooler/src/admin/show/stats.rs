@@ -19,6 +19,7 @@ const TOTAL_NAMES: [&str; 11] = [
     "bind_count",
 ];
 
+/// The figures in column order (totals and averages share it).
 fn total_cells(t: &Totals) -> [u64; 11] {
     [
         t.server_assignments,
@@ -32,22 +33,6 @@ fn total_cells(t: &Totals) -> [u64; 11] {
         t.client_parses,
         t.server_parses,
         t.binds,
-    ]
-}
-
-fn average_cells(a: &Averages) -> [u64; 11] {
-    [
-        a.server_assignments,
-        a.xacts,
-        a.queries,
-        a.received,
-        a.sent,
-        a.xact_time_us,
-        a.query_time_us,
-        a.wait_time_us,
-        a.client_parses,
-        a.server_parses,
-        a.binds,
     ]
 }
 
@@ -96,7 +81,7 @@ pub fn stats(app: &App) -> ResultSet {
     for (db, t, a) in per_db(app) {
         let mut row: Vec<Cell> = vec![db.into()];
         row.extend(total_cells(&t).into_iter().map(Cell::from));
-        row.extend(average_cells(&a).into_iter().map(Cell::from));
+        row.extend(total_cells(&a).into_iter().map(Cell::from));
         r.push(row);
     }
     r
@@ -127,7 +112,7 @@ pub fn stats_averages(app: &App) -> ResultSet {
     let mut r = ResultSet::new("sqqqqqqqqqqq", &short_names());
     for (db, _, a) in per_db(app) {
         let mut row: Vec<Cell> = vec![db.into()];
-        row.extend(average_cells(&a).into_iter().map(Cell::from));
+        row.extend(total_cells(&a).into_iter().map(Cell::from));
         r.push(row);
     }
     r
@@ -144,7 +129,7 @@ pub fn totals(app: &App) -> ResultSet {
     for (name, v) in TOTAL_NAMES.iter().zip(total_cells(&all)) {
         r.push(vec![format!("total_{name}").into(), v.into()]);
     }
-    for (name, v) in TOTAL_NAMES.iter().zip(average_cells(&avg)) {
+    for (name, v) in TOTAL_NAMES.iter().zip(total_cells(&avg)) {
         let name = match *name {
             "received" => "recv",
             n => n,
