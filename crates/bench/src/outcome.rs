@@ -4,6 +4,17 @@
 
 use serde::Serialize;
 
+/// How a page ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Failed(Cause),
+    /// Still running when the run ended and its drain time was over: neither a success
+    /// nor a failure, counted on its own.
+    Unfinished,
+}
+
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,15 +30,19 @@ pub enum Cause {
     RequestTimeout,
     /// The connection failed or closed without an error message.
     ConnectionError,
+    /// The scenario asked for something the tool cannot do (a `fetch` of a column
+    /// that is neither an integer nor text): fix the scenario file.
+    ScenarioError,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 5] = [
+    pub const ALL: [Cause; 6] = [
         Cause::QueryWaitTimeout,
         Cause::PoolerError,
         Cause::ServerError,
         Cause::RequestTimeout,
         Cause::ConnectionError,
+        Cause::ScenarioError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +52,7 @@ impl Cause {
             Cause::ServerError => "server_error",
             Cause::RequestTimeout => "request_timeout",
             Cause::ConnectionError => "connection_error",
+            Cause::ScenarioError => "scenario_error",
         }
     }
 

@@ -97,6 +97,21 @@ fn as_user(cmd: &mut Command, user: &Option<User>) {
     }
 }
 
+/// Makes `cmd` run as the account PostgreSQL runs as when we are root: PgBouncer,
+/// like PostgreSQL, refuses to run as root.
+pub fn run_unprivileged(cmd: &mut Command) -> Result<()> {
+    as_user(cmd, &run_as()?);
+    Ok(())
+}
+
+/// Gives `path` to that account when we are root, so it can write there.
+pub fn give_to_server_account(path: &Path) -> Result<()> {
+    if let Some(u) = run_as()? {
+        nix::unistd::chown(path, Some(u.uid), Some(u.gid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
 impl EmbeddedPg {
     pub fn start(opts: PgOptions) -> Result<EmbeddedPg> {
         let bin = bin_dir()?;
