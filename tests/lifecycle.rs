@@ -1016,3 +1016,86 @@ async fn track_extra_parameters_follow_their_client_across_a_shared_server() -> 
     );
     Ok(())
 }
+
+/// Abandoned work: a client that disconnects while its query runs, or inside an open
+/// transaction. PostgreSQL would run the query on for nobody (it notices a closed
+/// socket only when it writes); Sluice cancels it, rolls back, and the same server
+/// serves the next client instead of being closed and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_work_is_cancelled_rolled_back_and_the_server_reused() -> Result<()> {
+    let pg = postgres()?;
+    // trust: the raw protocol client below logs in as the same user, to the same pool.
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        "",
+    )?;
+    let url = s.url(TRUST_USER.0, "any", "app");
+    let server_pid = |rows: Vec<tokio_postgres::Row>| -> i32 { rows.first().map(|r| r.get(0)).unwrap_or_default() };
+    // The client's connection task is aborted to disconnect it: its socket closes
+    // with the query still running, as when a web worker is killed.
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let pid = server_pid(client.query("SELECT pg_backend_pid()", &[]).await?);
+    let sleeping = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(60)").await });
+    let running = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pg.psql("postgres", &running)? != "1" {
+        assert!(Instant::now() < deadline, "pg_sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    conn.abort();
+    sleeping.abort();
+    let left = Instant::now();
+    while pg.psql("postgres", &running)? != "0" {
+        assert!(
+            left.elapsed() < Duration::from_secs(5),
+            "the abandoned pg_sleep(60) still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("abandoned query stopped {:?} after the client left", left.elapsed());
+    let next = connect(&url).await?;
+    assert_eq!(
+        server_pid(next.query("SELECT pg_backend_pid()", &[]).await?),
+        pid,
+        "the same server serves the next client (pool of 1):\n{}",
+        s.log()
+    );
+
+    // Inside a transaction: its writes are rolled back and the server is reused.
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; INSERT INTO items VALUES (951, 'abandoned')")
+        .await?;
+    conn.abort();
+    let rows = next
+        .query(
+            "SELECT pg_backend_pid(), (SELECT count(*) FROM items WHERE id = 951)::int4, \
+             txid_current_if_assigned() IS NULL",
+            &[],
+        )
+        .await?;
+    assert_eq!(server_pid(rows.clone()), pid, "the same server again");
+    assert_eq!(rows[0].get::<_, i32>(1), 0, "the abandoned insert was rolled back");
+    assert!(rows[0].get::<_, bool>(2), "no transaction is left open");
+
+    // Mid-batch of the extended protocol (no Sync yet): Sluice sends the Sync, the
+    // server comes back idle.
+    let mut raw = raw_login(s.port).await?;
+    let mut out = bytes::BytesMut::new();
+    sluice_wire_frontend_parse(&mut out);
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &out).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(raw);
+    assert_eq!(server_pid(next.query("SELECT pg_backend_pid()", &[]).await?), pid);
+    Ok(())
+}
+
+/// Parse + Bind + Execute of `SELECT pg_sleep(30)` without a Sync.
+fn sluice_wire_frontend_parse(out: &mut bytes::BytesMut) {
+    message(out, b'P', b"\0SELECT pg_sleep(30)\0\0\0");
+    message(out, b'B', b"\0\0\0\0\0\0\0\0");
+    message(out, b'E', b"\0\0\0\0\0");
+}

@@ -184,6 +184,12 @@ impl ParseTracker {
         !self.queue.is_empty()
     }
 
+    /// True while a Parse that creates a named server statement waits for its answer:
+    /// whether that statement exists is not known yet.
+    pub fn named_in_flight(&self) -> bool {
+        self.queue.iter().any(|(_, _, name)| name.is_some())
+    }
+
     /// A Parse was sent (`injected`: by Sluice, to re-prepare a statement), creating
     /// server statement `name` if it succeeds.
     pub fn parse_sent(&mut self, injected: bool, name: Option<&str>) {

@@ -32,6 +32,10 @@ pub struct PoolStats {
     pub server_connects: AtomicU64,
     pub connect_failures: AtomicU64,
     pub cancels: AtomicU64,
+    /// Servers whose client left mid-query or mid-transaction: recovered (cancelled,
+    /// rolled back, back in the pool) or closed.
+    pub abandoned_recovered: AtomicU64,
+    pub abandoned_closed: AtomicU64,
     histograms: Option<Histograms>,
 }
 

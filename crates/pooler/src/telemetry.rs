@@ -266,7 +266,7 @@ pub fn render(app: &App, handle: &PrometheusHandle) -> String {
 fn sluice_own(out: &mut Exposition, app: &App, pools: &ResultSet) {
     let all = app.pools_of(None);
     type Counter = fn(&crate::stats::PoolStats) -> u64;
-    let counters: [(&str, &str, Counter); 4] = [
+    let counters: [(&str, &str, Counter); 6] = [
         (
             "sluice_queue_timeouts_total",
             "Clients whose wait for a server failed (query_wait_timeout, failed server logins)",
@@ -283,6 +283,16 @@ fn sluice_own(out: &mut Exposition, app: &App, pools: &ResultSet) {
         ("sluice_cancels_total", "Cancel requests forwarded to a server", |s| {
             s.cancels.load(Ordering::Relaxed)
         }),
+        (
+            "sluice_abandoned_recovered_total",
+            "Servers whose client left mid-query or mid-transaction, cancelled, rolled back and reused",
+            |s| s.abandoned_recovered.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_abandoned_closed_total",
+            "Servers whose client left mid-query or mid-transaction and that had to be closed",
+            |s| s.abandoned_closed.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, get) in counters {
         out.family(name, help, "counter");

@@ -1,6 +1,7 @@
 //! A client connection from accept to close: startup, authentication, routing to a
 //! pool, then the session loop ([`session`]).
 
+mod abandon;
 mod prepared;
 mod session;
 mod startup;

@@ -32,8 +32,8 @@ use tracing::debug;
 use super::{send_error, ClientConn};
 use std::sync::Arc;
 
-use super::prepared;
 use super::state::SessionState;
+use super::{abandon, prepared};
 use crate::app::Route;
 use crate::cancel::{ClientLink, Kill};
 use crate::config::PoolMode;
@@ -50,7 +50,7 @@ use tokio::sync::watch;
 /// Room made before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Unforwarded bytes per direction before reading pauses (backpressure).
-const MAX_BUFFERED: usize = 256 * 1024;
+pub(super) const MAX_BUFFERED: usize = 256 * 1024;
 
 /// PgBouncer's client-side timeouts (None = off). A client that exceeds one gets
 /// `FATAL 08P01` with PgBouncer's text and is disconnected; a query still running on
@@ -906,7 +906,7 @@ pub async fn run(
                 return "client protocol error";
             }
         }
-        let end = {
+        let (end, swallow) = {
             let mut link = Link {
                 client: &mut *client,
                 server: &mut server,
@@ -921,7 +921,8 @@ pub async fn run(
                 stats: &route.pool.stats,
                 kill: &link.kill,
             };
-            poll_fn(|cx| link.poll(cx)).await
+            let end = poll_fn(|cx| link.poll(cx)).await;
+            (end, link.swallow)
         };
         link.unlink().await;
         match end {
@@ -945,19 +946,20 @@ pub async fn run(
                 route.pool.release(server, ok);
             }
             LinkEnd::Timeout(expired) => {
-                // A query still running would keep the server busy for nobody.
-                if tx.pending_rfq > 0 || tx.in_batch {
-                    let (target, pid, key) = (Arc::clone(&server.target), server.backend_pid, server.backend_key);
-                    tokio::spawn(async move { crate::cancel::cancel_server(&target, pid, key).await });
-                }
-                route.pool.release(server, false);
+                // A query still running would keep the server busy for nobody: cancel
+                // it and roll back, and keep the server if it comes back clean.
+                abandon(route, client, &tx, server, swallow);
                 send_error(client, &ClientError::protocol(expired.text())).await;
                 return expired.text();
             }
             LinkEnd::Terminate | LinkEnd::ClientGone => {
                 let clean =
                     tx.idle() && client.scan.at_boundary() && server.buf.is_empty() && server.scan.at_boundary();
-                finish_server(route, server, clean, tx.session.dirty, tx.session.pinned.is_some()).await;
+                if clean {
+                    finish_server(route, server, true, tx.session.dirty, tx.session.pinned.is_some()).await;
+                } else {
+                    abandon(route, client, &tx, server, swallow);
+                }
                 return if matches!(end, LinkEnd::Terminate) {
                     "client close request"
                 } else {
@@ -986,10 +988,30 @@ pub async fn run(
     }
 }
 
-/// A client left while linked. In session mode the server is reset before reuse
-/// (`DISCARD ALL`); a server in the middle of anything is closed, which makes
-/// PostgreSQL roll back and free its locks at once.
-async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty: bool, pinned: bool) {
+/// The client left (or timed out) in the middle of a request or transaction: the
+/// server is recovered in the background (see `abandon`) when what was sent to it
+/// ends at a message boundary; otherwise, and for servers holding session features
+/// or statements whose Parse is still in flight, it is closed, which makes PostgreSQL
+/// roll back and free its locks.
+fn abandon(route: &Route, client: &ClientConn, tx: &TxTracker, server: ServerConn, swallow: u32) {
+    let whole_messages_sent = client.scan.forwardable() == 0 && client.scan.at_boundary();
+    if !whole_messages_sent || tx.session.pinned.is_some() || tx.prepared.tracker.named_in_flight() {
+        route.pool.release(server, false);
+        return;
+    }
+    let work = abandon::Abandoned {
+        owed_rfq: tx.pending_rfq + swallow,
+        in_batch: tx.in_batch,
+        status: tx.status,
+        dirty: tx.session.dirty,
+    };
+    abandon::recover(route, server, work);
+}
+
+/// A client left while linked, between transactions. In session mode the server is
+/// reset before reuse (`DISCARD ALL`); a server in the middle of anything is closed,
+/// which makes PostgreSQL roll back and free its locks at once.
+pub(super) async fn finish_server(route: &Route, mut server: ServerConn, clean: bool, dirty: bool, pinned: bool) {
     if !clean {
         route.pool.release(server, false);
         return;
