@@ -169,6 +169,13 @@ async fn query_wait_timeout_has_pgbouncers_text_and_code_and_others_keep_working
     assert_eq!(db.code().code(), "08P01");
     assert_eq!(db.message(), "query_wait_timeout");
     assert_eq!(db.severity(), "FATAL");
+    // The exact text stays (applications match on it); DETAIL says what held the pool.
+    let detail = db.detail().unwrap_or_default();
+    assert!(
+        detail.starts_with("pool app/scram_user had 1 of 1 servers busy (1 held by clients inside a transaction block, 0 running autocommit requests); the longest held for ")
+            && detail.ends_with(" s; 0 other clients were waiting."),
+        "{detail}"
+    );
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "{waited:?}"

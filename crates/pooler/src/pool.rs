@@ -287,6 +287,7 @@ impl Pool {
         s.active = s.active.saturating_sub(1);
         let now = Instant::now();
         conn.meta.linked_client.store(0, Ordering::Relaxed);
+        conn.meta.in_transaction.store(false, Ordering::Relaxed);
         let stale = conn.target_gen != self.target_gen.load(Ordering::Relaxed);
         if !reusable || stale || s.paused || conn.expired(now, s.settings.lifetime, None) {
             self.spawn_connects(&mut s);

@@ -1,7 +1,7 @@
 //! Server connections: log in to PostgreSQL as a client would, then hand the socket to
 //! the pool. After login the connection is only a pair of byte halves and a buffer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,6 +75,9 @@ pub struct ServerMeta {
     pub linked_client: AtomicU64,
     /// When it was last linked, in microseconds since the Unix epoch.
     pub request_time_us: AtomicU64,
+    /// Its client is inside a transaction block (the last ReadyForQuery said T or E):
+    /// the server stays held between the client's statements.
+    pub in_transaction: AtomicBool,
 }
 
 impl ServerMeta {
@@ -290,6 +293,7 @@ impl ServerConn {
                 target_gen: 0,
                 linked_client: AtomicU64::new(0),
                 request_time_us: AtomicU64::new(0),
+                in_transaction: AtomicBool::new(false),
             }),
             registration: None,
             id,

@@ -354,6 +354,8 @@ fn cstr(b: &[u8]) -> &[u8] {
 /// waits for its transaction to end, CommandComplete), passes everything else through.
 struct ServerSide<'a> {
     tx: &'a mut TxTracker,
+    /// Shown in SHOW SERVERS and wait explanations: held inside a transaction block.
+    in_transaction: &'a std::sync::atomic::AtomicBool,
     server_params: &'a mut ParamSet,
     server_synced_for: &'a mut u64,
     mode: PoolMode,
@@ -401,6 +403,8 @@ impl ScanHandler for ServerSide<'_> {
             let status =
                 backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
             self.tx.ready_for_query(status, self.stats);
+            self.in_transaction
+                .store(status != TxStatus::Idle, std::sync::atomic::Ordering::Relaxed);
             if self.tx.session.has_pending() {
                 self.tx.session.ready_for_query(status);
             }
@@ -573,6 +577,7 @@ impl Link<'_> {
     fn scan_server(&mut self) -> Result<(), FrameError> {
         let mut side = ServerSide {
             tx: self.tx,
+            in_transaction: &self.server.meta.in_transaction,
             server_params: &mut self.server.params,
             server_synced_for: &mut self.server.synced_for,
             mode: self.mode,
@@ -867,7 +872,11 @@ pub async fn run(
                 return "client protocol error";
             }
             Err(Waited::Pool(e)) => {
-                send_error(client, &ClientError::from(&e)).await;
+                let mut error = ClientError::from(&e);
+                if matches!(e, AcquireError::WaitTimeout) {
+                    error = error.detail(explain_wait(route));
+                }
+                send_error(client, &error).await;
                 return "query_wait_timeout";
             }
         };
@@ -1033,6 +1042,41 @@ pub(super) async fn finish_server(route: &Route, mut server: ServerConn, clean: 
 }
 
 /// `query_wait_notify`: why this client waits, while it still waits.
+/// What held the pool's servers when a wait timed out: how many were busy, how many
+/// of those were held by clients inside transaction blocks (idle in transaction
+/// between their statements, or running one), the longest hold, and the queue.
+fn explain_wait(route: &Route) -> String {
+    let pool = &route.pool;
+    let rows = pool.server_rows();
+    let now = crate::server::unix_micros(std::time::SystemTime::now());
+    let linked: Vec<_> = rows
+        .iter()
+        .filter(|r| r.meta.linked_client.load(std::sync::atomic::Ordering::Relaxed) != 0)
+        .collect();
+    let in_tx = linked
+        .iter()
+        .filter(|r| r.meta.in_transaction.load(std::sync::atomic::Ordering::Relaxed))
+        .count();
+    let longest = linked
+        .iter()
+        .map(|r| now.saturating_sub(r.meta.request_time_us.load(std::sync::atomic::Ordering::Relaxed)))
+        .max()
+        .unwrap_or(0);
+    let c = pool.counts();
+    let s = pool.settings();
+    format!(
+        "pool {}/{} had {} of {} servers busy ({} held by clients inside a transaction block, {} running autocommit requests); the longest held for {:.1} s; {} other clients were waiting.",
+        pool.db,
+        pool.user,
+        linked.len(),
+        s.size + s.reserve_size,
+        in_tx,
+        linked.len() - in_tx,
+        longest as f64 / 1e6,
+        c.waiting,
+    )
+}
+
 fn wait_notice(route: &Route) -> ClientError {
     let c = route.pool.counts();
     let s = route.pool.settings();
