@@ -223,7 +223,7 @@ fn main() -> Result<()> {
     print!("{}", report.table());
     drive::write(&report, &out)?;
     eprintln!(
-        "sluice-bench: report.html, report.csv, report.json and samples.csv in {}",
+        "sluice-bench: report.html, report.csv, report.json, samples.csv and charts/ in {}",
         out.display()
     );
     Ok(())
