@@ -709,6 +709,11 @@ async fn a_waiting_client_is_told_why_it_waits() -> Result<()> {
         "{stderr}"
     );
     assert_eq!(stderr.matches("NOTICE").count(), 1, "one notice per wait: {stderr}");
+    // It says what holds the pool, as the query_wait_timeout error would.
+    assert!(
+        stderr.contains("DETAIL:  pool app/scram_user had 1 of 1 servers busy (1 held by clients inside a transaction block, 0 running autocommit requests); the longest held for "),
+        "{stderr}"
+    );
     Ok(())
 }
 

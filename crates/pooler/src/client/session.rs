@@ -1089,7 +1089,8 @@ fn wait_notice(route: &Route) -> ClientError {
     )
     .at(Severity::Notice)
     .detail(format!(
-        "{} clients are waiting (the oldest for {:.1} s); pool size {}, reserve {}; servers being opened: {}.",
+        "{} {} clients are waiting (the oldest for {:.1} s); pool size {}, reserve {}; servers being opened: {}.",
+        explain_wait(route),
         c.waiting,
         c.oldest_wait.as_secs_f64(),
         s.size,
