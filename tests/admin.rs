@@ -459,67 +459,6 @@ async fn reload_set_reconnect_and_kill_client_from_the_console() -> Result<()> {
     Ok(())
 }
 
-/// GET `path` on `addr`; (status, body).
-async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Parses the Prometheus text format strictly enough to catch malformed output:
-/// returns series (name{labels}) → value.
-fn parse_exposition(text: &str) -> HashMap<String, f64> {
-    let mut series = HashMap::new();
-    let mut typed = std::collections::HashSet::new();
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            assert!(
-                ["gauge", "counter", "histogram", "summary", "untyped"].contains(&kind),
-                "bad TYPE line: {line}"
-            );
-            assert!(typed.insert(name.to_owned()), "TYPE declared twice: {line}");
-            continue;
-        }
-        if line.starts_with('#') {
-            assert!(line.starts_with("# HELP "), "bad comment: {line}");
-            continue;
-        }
-        let (series_name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
-        let name = series_name.split('{').next().unwrap_or("");
-        assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name: {line}"
-        );
-        if let Some(labels) = series_name.strip_prefix(name) {
-            assert!(
-                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                "bad labels: {line}"
-            );
-        }
-        series.insert(series_name.to_owned(), value);
-    }
-    series
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_agree_with_show_pools_and_stats() -> Result<()> {
     let pg = postgres()?;
@@ -582,6 +521,39 @@ async fn metrics_parse_and_agree_with_show_pools_and_stats() -> Result<()> {
         .keys()
         .any(|k| k.starts_with("pgbouncer_databases_current_connections{")));
     assert_eq!(m.get(&format!("sluice_queue_length{labels}")).copied(), Some(0.0));
+    // Overload protection: the two open blocks are in the automatic slow lane (a
+    // transaction nobody has seen end), whose cap is 2/3 of the pool of 3: full.
+    let lanes = show(&admin, "LANES").await?;
+    assert_eq!(
+        lanes.columns,
+        names("database, user, lane, sv_held, sv_in_transaction, cap, reserved, priority, cl_waiting, maxwait, maxwait_us, query_wait_timeout, rule")
+    );
+    let slow = lanes.rows_where("lane", "slow")[0];
+    assert_eq!(
+        (int(slow, "sv_held"), int(slow, "sv_in_transaction"), int(slow, "cap")),
+        (2, 2, 2)
+    );
+    let fast = lanes.rows_where("lane", "fast")[0];
+    assert_eq!(fast.get("cap"), Some(&None), "the fast lane has no cap");
+    let lane_labels = format!("{{database=\"app\",user=\"{u}\",lane=\"slow\"}}");
+    assert_eq!(m.get(&format!("sluice_lane_servers{lane_labels}")).copied(), Some(2.0));
+    assert_eq!(
+        m.get(&format!("sluice_lane_servers_in_transaction{lane_labels}"))
+            .copied(),
+        Some(2.0)
+    );
+    assert_eq!(m.get(&format!("sluice_lane_cap{lane_labels}")).copied(), Some(2.0));
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("sluice_lane_hold_seconds_count{") && k.contains("lane=\"fast\"")),
+        "the autocommit SELECTs held fast-lane servers"
+    );
+    let fingerprints = show(&admin, "FINGERPRINTS").await?;
+    assert!(
+        fingerprints.rows_where("fingerprint", "select ?").len() == 1,
+        "{:?}",
+        fingerprints.rows
+    );
     assert!(
         m.get(&format!("sluice_server_connects_total{labels}"))
             .copied()

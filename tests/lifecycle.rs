@@ -531,9 +531,11 @@ async fn postgres_restart_under_load_keeps_idle_clients_and_recovers_within_2s()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_that_died_idle_in_the_pool_are_never_handed_out() -> Result<()> {
     let pg = postgres()?;
+    // Five transaction blocks open at once on five servers: overload protection
+    // would keep two servers for autocommit work, so it is off here.
     let s = Sluice::start(
         &pg,
-        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 5",
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 5\noverload_protection = \"off\"",
         "",
     )?;
     let (u, p) = SCRAM_USER;
@@ -1030,9 +1032,12 @@ async fn track_extra_parameters_follow_their_client_across_a_shared_server() -> 
 async fn abandoned_work_is_cancelled_rolled_back_and_the_server_reused() -> Result<()> {
     let pg = postgres()?;
     // trust: the raw protocol client below logs in as the same user, to the same pool.
+    let metrics = format!("127.0.0.1:{}", sluice_embedded_pg::free_port()?);
     let s = Sluice::start(
         &pg,
-        "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1",
+        &format!(
+            "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1\nmetrics_addr = \"{metrics}\""
+        ),
         "",
     )?;
     let url = s.url(TRUST_USER.0, "any", "app");
@@ -1060,6 +1065,16 @@ async fn abandoned_work_is_cancelled_rolled_back_and_the_server_reused() -> Resu
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("abandoned query stopped {:?} after the client left", left.elapsed());
+    let (_, body) = http_get(&metrics, "/metrics").await?;
+    let abandoned = format!(
+        "sluice_lane_abandoned_total{{database=\"app\",user=\"{}\",lane=\"fast\"}}",
+        TRUST_USER.0
+    );
+    assert_eq!(
+        parse_exposition(&body).get(&abandoned).copied(),
+        Some(1.0),
+        "the autocommit pg_sleep is counted in its lane:\n{body}"
+    );
     let next = connect(&url).await?;
     assert_eq!(
         server_pid(next.query("SELECT pg_backend_pid()", &[]).await?),

@@ -173,7 +173,8 @@ async fn query_wait_timeout_has_pgbouncers_text_and_code_and_others_keep_working
     let detail = db.detail().unwrap_or_default();
     assert!(
         detail.starts_with("pool app/scram_user had 1 of 1 servers busy (1 held by clients inside a transaction block, 0 running autocommit requests); the longest held for ")
-            && detail.ends_with(" s; 0 other clients were waiting."),
+            && detail.contains(" s by \"begin; select ?\" (lane slow); servers by lane: slow 1 of at most 1;")
+            && detail.ends_with("; 0 other clients were waiting, 0 of them ahead of this one in lane fast."),
         "{detail}"
     );
     assert!(

@@ -223,6 +223,7 @@ impl Current {
                 .then(|| Duration::from_secs_f64(c.server_check_delay.max(0.0))),
             check_query: Some(c.server_check_query.trim().to_owned()).filter(|q| !q.is_empty()),
             max_prepared: c.max_prepared_statements as usize,
+            lanes: Arc::clone(&self.loaded.lanes),
         };
         Ok(Plan {
             key: (db.to_owned(), server_user),
@@ -361,6 +362,7 @@ impl App {
             .extract_lossy()
             .map_err(|e| e.to_string())?;
         config::validate(&loaded.config, &loaded.path).map_err(|e| e.to_string())?;
+        loaded.lanes = config::lanes::build(&loaded.config)?;
         self.apply(&loaded);
         Ok(())
     }
@@ -439,6 +441,7 @@ impl App {
             p.close_expired();
             p.check_idle();
             p.retry_failed_login();
+            p.observe_running();
             p.fill_min();
         }
         for starving in pools.iter().filter(|p| p.counts().waiting > 0 && !p.limits_free()) {

@@ -113,9 +113,14 @@ impl From<&AcquireError> for ClientError {
     fn from(e: &AcquireError) -> Self {
         match e {
             // PgBouncer's exact text and code: applications match on them.
-            AcquireError::WaitTimeout => ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "query_wait_timeout").hint(
+            AcquireError::WaitTimeout(_) => ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "query_wait_timeout").hint(
                 "all server connections of this pool stayed busy for query_wait_timeout; raise default_pool_size or reserve_pool_size, or shorten the transactions holding them",
             ),
+            AcquireError::QueueFull(_) => ClientError::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "no more clients may wait for a server of this pool lane (max_queue_length)",
+            )
+            .hint("the request was not run; retry it later, or raise max_queue_length or the lane's max_queue_length"),
             AcquireError::Connect(c) => c.into(),
         }
     }

@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod errors;
 pub mod listener;
+pub mod overload;
 pub mod params;
 pub mod pool;
 pub mod server;

@@ -1,6 +1,7 @@
 //! One pool of server connections per (database, server user).
 //!
-//! - Waiting clients queue FIFO; a released server goes straight to the oldest waiter.
+//! - Waiting clients queue in arrival order; a released server goes straight to the
+//!   waiter next in line (the oldest, unless overload protection says otherwise).
 //! - A waiter that gives up (timeout, client gone) leaves the queue at once, and a
 //!   server handed to it in that instant is returned, never lost ([`Checkout`]'s Drop).
 //! - New connections open in parallel, at most [`MAX_CONNECTING`] at a time per pool,
@@ -8,6 +9,11 @@
 //!   waited `reserve_pool_timeout`.
 //! - `max_db_connections` / `max_user_connections` are semaphores shared by the pools
 //!   of one database / user; each server holds its permits while it exists.
+//! - Overload protection ([`crate::overload`]): every request comes with a lane. A
+//!   server goes to the oldest waiter of the highest priority whose lane is under its
+//!   cap and leaves other lanes their reserved servers (in the slow lane, the shortest
+//!   expected hold first); a lane at its cap waits while the others are served. With
+//!   protection off there is one lane and one FIFO queue.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +26,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::config::PoolMode;
+use crate::overload::{LaneSet, Learned};
 use crate::server::{ConnectError, Registration, ServerConn, ServerMeta, ServerTarget};
 use crate::stats::PoolStats;
 
@@ -63,12 +70,48 @@ pub struct PoolSettings {
     /// `max_prepared_statements` per server connection (0: named statements pass
     /// through untouched, as in PgBouncer before 1.21).
     pub max_prepared: usize,
+    /// Overload protection: lanes, their caps and the automatic classification.
+    pub lanes: Arc<LaneSet>,
+}
+
+/// What a request that needs a server is: its lane and its fingerprint (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ticket {
+    pub lane: usize,
+    pub fingerprint: u64,
+    /// How long its kind was learned to hold a server (zero: unknown). In the slow
+    /// lane, the shortest expected go first: the slowest are held back.
+    pub expected: Duration,
+}
+
+/// Where a waiter stood when its wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub lane: usize,
+    /// Clients of the same lane that had waited longer.
+    pub ahead: usize,
+    /// Clients waiting in the lane (with this one).
+    pub waiting: usize,
+}
+
+/// A server lent out: for which lane and fingerprint, since when (for the lane's
+/// count and the fingerprint's learned hold time at release).
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    pub ticket: Ticket,
+    /// The pool's lane generation when it was taken (lanes renumbered by a reload
+    /// are not decremented).
+    pub lanes_gen: u64,
+    pub since: Instant,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum AcquireError {
     #[error("query_wait_timeout")]
-    WaitTimeout,
+    WaitTimeout(Queued),
+    /// The lane's queue holds `max_queue_length` clients already.
+    #[error("the queue for a server is full")]
+    QueueFull(Queued),
     #[error(transparent)]
     Connect(#[from] ConnectError),
 }
@@ -81,6 +124,7 @@ pub type Welcome = Arc<crate::params::ParamSet>;
 struct Waiter {
     id: u64,
     since: Instant,
+    ticket: Ticket,
     tx: oneshot::Sender<Delivery>,
 }
 
@@ -93,6 +137,10 @@ struct State {
     waiters: VecDeque<Waiter>,
     /// Servers linked to clients.
     active: usize,
+    /// Servers linked, per lane (indices of `settings.lanes`).
+    holders: Vec<usize>,
+    /// Bumped when a reload changes the lanes.
+    lanes_gen: u64,
     connecting: usize,
     /// Idle servers taken out to run server_check_query.
     testing: usize,
@@ -110,6 +158,8 @@ struct State {
 impl State {
     fn new(settings: Arc<PoolSettings>) -> State {
         State {
+            holders: vec![0; settings.lanes.lanes.len()],
+            lanes_gen: 0,
             settings,
             idle: Vec::new(),
             waiters: VecDeque::new(),
@@ -128,6 +178,66 @@ impl State {
 impl State {
     fn total(&self) -> usize {
         self.idle.len() + self.active + self.connecting + self.testing
+    }
+
+    /// How many servers the pool may have now: the reserve counts once the oldest
+    /// waiter has waited `reserve_pool_timeout`.
+    fn capacity(&self) -> usize {
+        let reserve_open = self
+            .waiters
+            .front()
+            .is_some_and(|w| w.since.elapsed() >= self.settings.reserve_timeout);
+        self.settings.size + if reserve_open { self.settings.reserve_size } else { 0 }
+    }
+
+    /// May `lane` take one more server now: under its cap, and leaving the other
+    /// lanes the servers reserved for them.
+    fn admits(&self, lane: usize, capacity: usize) -> bool {
+        let lanes = &self.settings.lanes;
+        if !lanes.protection {
+            return true;
+        }
+        let held = |l: usize| self.holders.get(l).copied().unwrap_or(0);
+        if held(lane) >= lanes.cap(lane, capacity) {
+            return false;
+        }
+        let owed: usize = (0..lanes.lanes.len())
+            .filter(|&l| l != lane)
+            .map(|l| lanes.reserved(l).saturating_sub(held(l)))
+            .sum();
+        owed == 0 || capacity.saturating_sub(self.active + 1) >= owed
+    }
+
+    /// Marks `conn` as lent for `ticket`.
+    fn lend(&mut self, conn: &mut ServerConn, ticket: Ticket) {
+        self.active += 1;
+        if let Some(h) = self.holders.get_mut(ticket.lane) {
+            *h += 1;
+        }
+        conn.hold = Some(Hold {
+            ticket,
+            lanes_gen: self.lanes_gen,
+            since: Instant::now(),
+        });
+        conn.meta.lane.store(ticket.lane, Ordering::Relaxed);
+        conn.meta.fingerprint.store(ticket.fingerprint, Ordering::Relaxed);
+    }
+
+    /// Undoes [`State::lend`]; returns the hold.
+    fn unlend(&mut self, conn: &mut ServerConn) -> Option<Hold> {
+        self.active = self.active.saturating_sub(1);
+        let hold = conn.hold.take()?;
+        if hold.lanes_gen == self.lanes_gen {
+            if let Some(h) = self.holders.get_mut(hold.ticket.lane) {
+                *h = h.saturating_sub(1);
+            }
+        }
+        Some(hold)
+    }
+
+    /// Waiters per lane.
+    fn waiting_in(&self, lane: usize) -> usize {
+        self.waiters.iter().filter(|w| w.ticket.lane == lane).count()
     }
 }
 
@@ -165,7 +275,21 @@ pub struct Pool {
     pub clients: AtomicUsize,
     /// Every open server connection, idle or linked (SHOW SERVERS).
     servers: Mutex<HashMap<u64, Arc<ServerMeta>>>,
+    /// How long each fingerprint's transactions hold a server (overload protection).
+    pub learned: Mutex<Learned>,
+    /// Outcomes of lone SETs seen to succeed: the ParameterStatus values PostgreSQL
+    /// sent, by (the client's settings digest, statement text).
+    local_sets: Mutex<HashMap<SetKey, SetOutcome>>,
 }
+
+/// A lone SET, with the settings it ran under.
+pub type SetKey = (u64, Vec<u8>);
+
+/// The ParameterStatus values a lone SET made PostgreSQL send.
+pub type SetOutcome = Arc<Vec<(String, String)>>;
+
+/// SET outcomes kept per pool (an application sends a handful of distinct ones).
+const MAX_LOCAL_SETS: usize = 256;
 
 impl Pool {
     pub fn new(
@@ -188,6 +312,8 @@ impl Pool {
             state: Mutex::new(State::new(Arc::new(settings))),
             limits,
             welcome: Mutex::new(None),
+            learned: Mutex::new(Learned::default()),
+            local_sets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -217,11 +343,11 @@ impl Pool {
     /// Takes a server for a client: an idle one, or waits in line for one.
     /// Cancel-safe: dropping the future leaves the queue and returns any server
     /// delivered in the meantime.
-    pub async fn acquire(self: &Arc<Self>) -> Result<ServerConn, AcquireError> {
+    pub async fn acquire(self: &Arc<Self>, ticket: Ticket) -> Result<ServerConn, AcquireError> {
         let (id, rx) = {
             let mut s = self.state.lock();
             let mut expired = Vec::new();
-            if let Some(conn) = self.pop_idle(&mut s, &mut expired) {
+            if let Some(conn) = self.pop_idle(&mut s, &mut expired, ticket) {
                 drop(s);
                 close_all(expired);
                 return Ok(conn);
@@ -231,11 +357,28 @@ impl Pool {
                 close_all(expired);
                 return Err(AcquireError::Connect(ConnectError::Failing(Box::new(e))));
             }
+            if let Some(max) = s.settings.lanes.max_queue(ticket.lane) {
+                let waiting = s.waiting_in(ticket.lane);
+                if waiting >= max {
+                    drop(s);
+                    close_all(expired);
+                    return Err(AcquireError::QueueFull(Queued {
+                        lane: ticket.lane,
+                        ahead: waiting,
+                        waiting,
+                    }));
+                }
+            }
             let now = Instant::now();
             let (tx, rx) = oneshot::channel();
             let id = s.next_waiter;
             s.next_waiter += 1;
-            s.waiters.push_back(Waiter { id, since: now, tx });
+            s.waiters.push_back(Waiter {
+                id,
+                since: now,
+                ticket,
+                tx,
+            });
             self.spawn_connects(&mut s);
             drop(s);
             close_all(expired);
@@ -244,6 +387,7 @@ impl Pool {
         let mut checkout = Checkout {
             pool: self,
             id,
+            lane: ticket.lane,
             rx: Some(rx),
         };
         checkout.wait().await
@@ -252,10 +396,10 @@ impl Pool {
     /// Takes an idle server if one is free right now, without queueing: the common
     /// case, kept free of the queue's machinery. (A None must be followed by
     /// [`Pool::acquire`], which checks again under the same lock it queues under.)
-    pub fn try_acquire(&self) -> Option<ServerConn> {
+    pub fn try_acquire(&self, ticket: Ticket) -> Option<ServerConn> {
         let mut s = self.state.lock();
         let mut expired = Vec::new();
-        let conn = self.pop_idle(&mut s, &mut expired);
+        let conn = self.pop_idle(&mut s, &mut expired, ticket);
         drop(s);
         close_all(expired);
         conn
@@ -263,18 +407,18 @@ impl Pool {
 
     /// The most recently used idle server that is still good; expired and dead ones
     /// go to `expired` for closing outside the lock.
-    fn pop_idle(&self, s: &mut State, expired: &mut Vec<ServerConn>) -> Option<ServerConn> {
-        if s.paused {
+    fn pop_idle(&self, s: &mut State, expired: &mut Vec<ServerConn>, ticket: Ticket) -> Option<ServerConn> {
+        if s.paused || s.idle.is_empty() || !s.admits(ticket.lane, s.capacity()) {
             return None;
         }
         let now = Instant::now();
         let (lifetime, idle_timeout) = (s.settings.lifetime, s.settings.idle_timeout);
-        while let Some(conn) = s.idle.pop() {
+        while let Some(mut conn) = s.idle.pop() {
             if conn.expired(now, lifetime, idle_timeout) || conn.is_dead() {
                 expired.push(conn);
                 continue;
             }
-            s.active += 1;
+            s.lend(&mut conn, ticket);
             return Some(conn);
         }
         None
@@ -282,35 +426,63 @@ impl Pool {
 
     /// Gives a server back after a client is done with it. `reusable` is false when
     /// the server is not at a clean protocol boundary (it is then closed).
-    pub fn release(self: &Arc<Self>, conn: ServerConn, reusable: bool) {
+    pub fn release(self: &Arc<Self>, mut conn: ServerConn, reusable: bool) {
         let mut s = self.state.lock();
-        s.active = s.active.saturating_sub(1);
+        let hold = s.unlend(&mut conn);
         let now = Instant::now();
         conn.meta.linked_client.store(0, Ordering::Relaxed);
         conn.meta.in_transaction.store(false, Ordering::Relaxed);
+        conn.meta.fingerprint.store(0, Ordering::Relaxed);
+        if let Some(h) = hold.filter(|h| h.ticket.fingerprint != 0) {
+            let held = now.duration_since(h.since);
+            self.learned.lock().record(h.ticket.fingerprint, held);
+            if crate::telemetry::recording() {
+                metrics::histogram!("sluice_lane_hold_seconds", &self.lane_labels(&s, h.ticket.lane))
+                    .record(held.as_secs_f64());
+            }
+        }
         let stale = conn.target_gen != self.target_gen.load(Ordering::Relaxed);
         if !reusable || stale || s.paused || conn.expired(now, s.settings.lifetime, None) {
+            // Its lane's count went down: a waiter held back by a cap may go now.
+            self.serve_idle(&mut s);
             self.spawn_connects(&mut s);
             drop(s);
             close_all(vec![conn]);
             return;
         }
-        let mut conn = conn;
         conn.last_used = now;
         if let Some(conn) = Self::hand_off(&mut s, conn) {
             s.idle.push(conn);
+            // An idle server now, and waiters held back only by this lane's count?
+            self.serve_idle(&mut s);
         }
     }
 
-    /// Gives `conn` to the oldest live waiter; returns it when nobody waits.
+    /// Hands idle servers to waiters that may take them now (after a lane's count
+    /// went down).
+    fn serve_idle(&self, s: &mut State) {
+        if s.waiters.is_empty() || !s.settings.lanes.protection {
+            return;
+        }
+        while let Some(conn) = s.idle.pop() {
+            if let Some(conn) = Self::hand_off(s, conn) {
+                s.idle.push(conn);
+                return;
+            }
+        }
+    }
+
+    /// Gives `conn` to the waiter next in line (the oldest of the highest priority
+    /// whose lane may take a server now); returns it when nobody may.
     fn hand_off(s: &mut State, mut conn: ServerConn) -> Option<ServerConn> {
-        while let Some(w) = s.waiters.pop_front() {
-            s.active += 1;
+        while let Some(i) = Self::next_waiter(s) {
+            let Some(w) = s.waiters.remove(i) else { break };
+            s.lend(&mut conn, w.ticket);
             match w.tx.send(Ok(conn)) {
                 Ok(()) => return None,
                 // The waiter gave up in the meantime: try the next one.
-                Err(Ok(back)) => {
-                    s.active -= 1;
+                Err(Ok(mut back)) => {
+                    s.unlend(&mut back);
                     conn = back;
                 }
                 Err(Err(_)) => return None,
@@ -319,25 +491,92 @@ impl Pool {
         Some(conn)
     }
 
-    /// How many servers the pool may have now: the reserve counts once the oldest
-    /// waiter has waited `reserve_pool_timeout`.
-    fn capacity(&self, s: &State) -> usize {
-        let reserve_open = s
-            .waiters
-            .front()
-            .is_some_and(|w| w.since.elapsed() >= s.settings.reserve_timeout);
-        s.settings.size + if reserve_open { s.settings.reserve_size } else { 0 }
+    /// The index of the waiter to serve next, if any may take a server now.
+    fn next_waiter(s: &State) -> Option<usize> {
+        if !s.settings.lanes.protection {
+            return (!s.waiters.is_empty()).then_some(0);
+        }
+        let capacity = s.capacity();
+        let lanes = &s.settings.lanes;
+        // Higher priority first; in the slow lane the shortest expected hold; then the
+        // oldest (waiters are in arrival order, so only a strictly better one wins).
+        let rank = |w: &Waiter| {
+            let hold = if w.ticket.lane == crate::overload::SLOW {
+                w.ticket.expected
+            } else {
+                Duration::ZERO
+            };
+            (std::cmp::Reverse(lanes.priority(w.ticket.lane)), hold)
+        };
+        // Nobody can rank before this: once the best so far has it, stop looking (the
+        // common case, every waiter in one lane, serves the front at once).
+        let first_possible = (std::cmp::Reverse(lanes.top_priority()), Duration::ZERO);
+        // Whether each lane may take a server, asked once per lane (no allocation for
+        // the first few lanes).
+        let mut asked = [None::<bool>; 8];
+        let mut admits = |lane: usize| match asked.get_mut(lane) {
+            Some(slot) => *slot.get_or_insert_with(|| s.admits(lane, capacity)),
+            None => s.admits(lane, capacity),
+        };
+        let mut best: Option<(_, usize)> = None;
+        for (i, w) in s.waiters.iter().enumerate() {
+            let r = rank(w);
+            if best.as_ref().is_some_and(|(b, _)| *b <= r) {
+                continue;
+            }
+            if admits(w.ticket.lane) {
+                if r <= first_possible {
+                    return Some(i);
+                }
+                best = Some((r, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Waiting clients that could take a server if there were one (those of lanes
+    /// under their caps), counted up to `limit`.
+    fn servable_waiters(s: &State, limit: usize) -> usize {
+        if !s.settings.lanes.protection {
+            return s.waiters.len().min(limit);
+        }
+        let capacity = s.capacity();
+        let lanes = &s.settings.lanes;
+        let mut room: Vec<usize> = (0..lanes.lanes.len())
+            .map(|l| {
+                lanes
+                    .cap(l, capacity)
+                    .saturating_sub(s.holders.get(l).copied().unwrap_or(0))
+            })
+            .collect();
+        s.waiters
+            .iter()
+            .filter(|w| match room.get_mut(w.ticket.lane) {
+                Some(r) if *r > 0 => {
+                    *r -= 1;
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            })
+            .take(limit)
+            .count()
     }
 
     /// Starts as many connects as waiting clients need, within the pool's capacity and
     /// the per-pool bound on logins in flight.
     fn spawn_connects(self: &Arc<Self>, s: &mut State) {
-        if s.paused {
+        if s.paused || s.waiters.is_empty() {
             return;
         }
-        let needed = s.waiters.len().saturating_sub(s.connecting);
-        let room = self.capacity(s).saturating_sub(s.total());
+        let room = s.capacity().saturating_sub(s.total());
         let slots = MAX_CONNECTING.saturating_sub(s.connecting);
+        if room == 0 || slots == 0 {
+            // A full pool (the usual state under load) needs no count of the queue.
+            return;
+        }
+        let limit = room.min(slots) + s.connecting;
+        let needed = Self::servable_waiters(s, limit).saturating_sub(s.connecting);
         for _ in 0..needed.min(room).min(slots) {
             self.spawn_connect(s);
         }
@@ -510,6 +749,7 @@ fn close_all(conns: Vec<ServerConn>) {
 struct Checkout<'a> {
     pool: &'a Arc<Pool>,
     id: u64,
+    lane: usize,
     rx: Option<oneshot::Receiver<Delivery>>,
 }
 
@@ -518,13 +758,14 @@ impl Checkout<'_> {
         let settings = self.pool.settings();
         let started = Instant::now();
         let deadline = settings
-            .query_wait_timeout
+            .lanes
+            .wait_timeout(self.lane, settings.query_wait_timeout)
             .map(|t| tokio::time::Instant::from_std(started + t));
         let reserve_at =
             (settings.reserve_size > 0).then(|| tokio::time::Instant::from_std(started + settings.reserve_timeout));
         let mut reserve_kicked = false;
         let Some(rx) = self.rx.as_mut() else {
-            return Err(AcquireError::WaitTimeout);
+            return Err(AcquireError::WaitTimeout(self.queued()));
         };
         loop {
             tokio::select! {
@@ -541,8 +782,28 @@ impl Checkout<'_> {
                     reserve_kicked = true;
                     self.pool.kick();
                 }
-                _ = sleep_until_opt(deadline) => return Err(AcquireError::WaitTimeout),
+                _ = sleep_until_opt(deadline) => return Err(AcquireError::WaitTimeout(self.queued())),
             }
+        }
+    }
+}
+
+impl Checkout<'_> {
+    /// Where this waiter stands in its lane.
+    fn queued(&self) -> Queued {
+        let s = self.pool.state.lock();
+        let same = s.waiters.iter().filter(|w| w.ticket.lane == self.lane);
+        let (mut ahead, mut waiting) = (0, 0);
+        for w in same {
+            waiting += 1;
+            if w.id < self.id {
+                ahead += 1;
+            }
+        }
+        Queued {
+            lane: self.lane,
+            ahead,
+            waiting,
         }
     }
 }
@@ -567,7 +828,11 @@ impl Drop for Checkout<'_> {
         }
         drop(s);
         // Already popped: a server (or an error) was sent under the lock we just held.
-        if let Ok(Ok(conn)) = rx.try_recv() {
+        if let Ok(Ok(mut conn)) = rx.try_recv() {
+            // Never used: nothing to learn from its hold.
+            if let Some(h) = conn.hold.as_mut() {
+                h.ticket.fingerprint = 0;
+            }
             self.pool.release(conn, true);
         }
     }
@@ -594,10 +859,23 @@ impl Pool {
             self.target_gen.fetch_add(1, Ordering::Relaxed);
             let idle = std::mem::take(&mut self.state.lock().idle);
             close_all(idle);
+            // Another server may judge SETs otherwise.
+            self.local_sets.lock().clear();
         }
         let settings = Arc::new(settings);
         self.settings_cell.store(Arc::clone(&settings));
-        self.state.lock().settings = settings;
+        {
+            let mut s = self.state.lock();
+            let names = |l: &LaneSet| l.lanes.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+            if names(&s.settings.lanes) != names(&settings.lanes) {
+                // Lanes renumbered: counts start over (servers lent before are not
+                // counted against the new lanes).
+                s.holders = vec![0; settings.lanes.lanes.len()];
+                s.lanes_gen += 1;
+            }
+            s.settings = settings;
+            self.serve_idle(&mut s);
+        }
         self.kick();
     }
 
@@ -773,5 +1051,123 @@ impl Pool {
         }
         s.last_retry = Some(now);
         self.spawn_connect(&mut s);
+    }
+}
+
+/// One lane of one pool, as SHOW LANES shows it.
+#[derive(Debug, Clone, Default)]
+pub struct LaneCounts {
+    /// Servers it holds now.
+    pub holders: usize,
+    /// Of those, held by clients inside a transaction block.
+    pub in_transaction: usize,
+    pub waiting: usize,
+    pub oldest_wait: Duration,
+    /// Its cap at the pool's current capacity (None: none).
+    pub cap: Option<usize>,
+}
+
+impl Pool {
+    /// Per lane: servers held, clients waiting, the longest wait, the cap now.
+    pub fn lane_counts(&self) -> Vec<LaneCounts> {
+        let mut out: Vec<LaneCounts> = {
+            let s = self.state.lock();
+            let capacity = s.capacity();
+            let lanes = &s.settings.lanes;
+            (0..lanes.lanes.len())
+                .map(|l| LaneCounts {
+                    holders: s.holders.get(l).copied().unwrap_or(0),
+                    cap: Some(lanes.cap(l, capacity)).filter(|&c| c != usize::MAX),
+                    waiting: s.waiting_in(l),
+                    oldest_wait: s
+                        .waiters
+                        .iter()
+                        .find(|w| w.ticket.lane == l)
+                        .map(|w| w.since.elapsed())
+                        .unwrap_or_default(),
+                    ..LaneCounts::default()
+                })
+                .collect()
+        };
+        for m in self.servers.lock().values() {
+            if m.linked_client.load(Ordering::Relaxed) != 0 && m.in_transaction.load(Ordering::Relaxed) {
+                if let Some(c) = out.get_mut(m.lane.load(Ordering::Relaxed)) {
+                    c.in_transaction += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Housekeeping: holds still running count towards their fingerprint's learned
+    /// time once they are longer than it, so a kind of transaction that has started
+    /// to hold servers for minutes is held back before the first one ends.
+    pub fn observe_running(&self) {
+        let threshold = self.settings().lanes.slow_threshold;
+        if !self.settings().lanes.protection {
+            return;
+        }
+        let now = crate::server::unix_micros(std::time::SystemTime::now());
+        let long: Vec<(u64, Duration)> = self
+            .servers
+            .lock()
+            .values()
+            .filter(|m| m.linked_client.load(Ordering::Relaxed) != 0)
+            .filter_map(|m| {
+                let fp = m.fingerprint.load(Ordering::Relaxed);
+                let held = Duration::from_micros(now.saturating_sub(m.request_time_us.load(Ordering::Relaxed)));
+                (fp != 0 && held >= threshold).then_some((fp, held))
+            })
+            .collect();
+        if long.is_empty() {
+            return;
+        }
+        let mut learned = self.learned.lock();
+        for (fp, held) in long {
+            learned.running(fp, held);
+        }
+    }
+}
+
+impl Pool {
+    /// What a lone SET did when it last ran under the same settings, if known.
+    pub fn known_set(&self, key: &SetKey) -> Option<SetOutcome> {
+        self.local_sets.lock().get(key).cloned()
+    }
+
+    /// A lone SET succeeded on a server with these ParameterStatus values.
+    pub fn remember_set(&self, key: SetKey, reported: Vec<(String, String)>) {
+        let mut sets = self.local_sets.lock();
+        if sets.len() >= MAX_LOCAL_SETS {
+            sets.clear();
+        }
+        sets.insert(key, Arc::new(reported));
+    }
+}
+
+impl Pool {
+    fn lane_labels(&self, s: &State, lane: usize) -> [(&'static str, String); 3] {
+        [
+            ("database", self.db.clone()),
+            ("user", self.user.clone()),
+            ("lane", s.settings.lanes.name(lane).to_owned()),
+        ]
+    }
+
+    /// A client of `lane` got a server after waiting `waited` (metrics).
+    pub fn lane_waited(&self, lane: usize, waited: Duration) {
+        if crate::telemetry::recording() {
+            let labels = self.lane_labels(&self.state.lock(), lane);
+            metrics::histogram!("sluice_lane_wait_seconds", &labels).record(waited.as_secs_f64());
+        }
+    }
+
+    /// Counts one event of `lane` in the counter `metric` (labels database, user,
+    /// lane): a refused wait, a full queue, abandoned work.
+    pub fn lane_count(&self, lane: usize, metric: &'static str) {
+        if crate::telemetry::recording() {
+            let labels = self.lane_labels(&self.state.lock(), lane);
+            metrics::counter!(metric, &labels).increment(1);
+        }
     }
 }

@@ -78,6 +78,10 @@ pub struct ServerMeta {
     /// Its client is inside a transaction block (the last ReadyForQuery said T or E):
     /// the server stays held between the client's statements.
     pub in_transaction: AtomicBool,
+    /// The lane of the request it serves (overload protection).
+    pub lane: std::sync::atomic::AtomicUsize,
+    /// The fingerprint of the transaction it serves (0: none).
+    pub fingerprint: AtomicU64,
 }
 
 impl ServerMeta {
@@ -142,6 +146,8 @@ pub struct ServerConn {
     pub statements: crate::statements::ServerStatements,
     /// Held while the connection exists: max_db_connections / max_user_connections.
     pub _permits: Vec<OwnedSemaphorePermit>,
+    /// For whom it is lent out (None while idle).
+    pub hold: Option<crate::pool::Hold>,
 }
 
 impl ServerConn {
@@ -294,6 +300,8 @@ impl ServerConn {
                 linked_client: AtomicU64::new(0),
                 request_time_us: AtomicU64::new(0),
                 in_transaction: AtomicBool::new(false),
+                lane: std::sync::atomic::AtomicUsize::new(0),
+                fingerprint: AtomicU64::new(0),
             }),
             registration: None,
             id,
@@ -312,6 +320,7 @@ impl ServerConn {
             synced_for: 0,
             statements: Default::default(),
             _permits: Vec::new(),
+            hold: None,
         })
     }
 

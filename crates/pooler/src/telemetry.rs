@@ -318,6 +318,25 @@ fn sluice_own(out: &mut Exposition, app: &App, pools: &ResultSet) {
             + pools.get(i, "maxwait_us").and_then(number).unwrap_or(0.0) / 1e6;
         out.sample("sluice_queue_oldest_wait_seconds", &labels, wait);
     }
+    // Overload protection, per lane (the figures of SHOW LANES).
+    let lanes = show::lanes_rows(app);
+    for (name, column, help) in [
+        ("sluice_lane_servers", "sv_held", "Servers a lane holds"),
+        (
+            "sluice_lane_servers_in_transaction",
+            "sv_in_transaction",
+            "Servers a lane holds for clients inside a transaction block",
+        ),
+        ("sluice_lane_cap", "cap", "Servers a lane may hold now (absent: no cap)"),
+        ("sluice_lane_queue_length", "cl_waiting", "Clients waiting in a lane"),
+    ] {
+        out.family(name, help, "gauge");
+        for i in 0..lanes.rows.len() {
+            if let Some(v) = lanes.get(i, column).and_then(number) {
+                out.sample(name, &labels_of(&lanes, i, &["database", "user", "lane"]), v);
+            }
+        }
+    }
 }
 
 /// SHOW LISTS rows as pgbouncer_exporter's gauges.

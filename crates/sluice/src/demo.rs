@@ -26,6 +26,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             ignored: vec![],
             sources: Default::default(),
             warnings: vec![],
+            lanes: Default::default(),
         };
         l.config.pool_mode = config::PoolMode::Transaction;
         l.config.listen_addr = "127.0.0.1".into();

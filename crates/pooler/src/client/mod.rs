@@ -199,7 +199,11 @@ async fn login(
         Some(w) => w,
         None => {
             // No server has logged in yet: do it now, to show the client real values.
-            let server = route.pool.acquire().await.map_err(|e| ClientError::from(&e))?;
+            let server = route
+                .pool
+                .acquire(crate::pool::Ticket::default())
+                .await
+                .map_err(|e| ClientError::from(&e))?;
             route.pool.release(server, true);
             route
                 .pool

@@ -139,6 +139,30 @@ struct TxTracker {
     /// Syncs sent since the last Execute or Query. If that started a COPY FROM
     /// STDIN, PostgreSQL ignores them (no ReadyForQuery): counted off at CopyDone.
     syncs_since_execute: u32,
+    /// A transaction block Sluice answered without a server (overload protection).
+    local_tx: LocalTx,
+    /// A lone SET running on a server, whose outcome is remembered for the next
+    /// client that sends the same text (see [`answer_without_server`]).
+    learning_set: Option<SetLearning>,
+}
+
+/// A transaction block the client opened that no server knows of yet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum LocalTx {
+    #[default]
+    None,
+    /// `BEGIN` was answered locally; it runs on the server that the transaction's
+    /// first real statement gets, just before that statement.
+    Begun(Vec<u8>),
+    /// The first statement never reached a server (a cancelled wait, a failed login):
+    /// as in PostgreSQL, everything but ROLLBACK is refused until the block ends.
+    Failed,
+}
+
+#[derive(Debug)]
+struct SetLearning {
+    key: crate::pool::SetKey,
+    reported: Vec<(String, String)>,
 }
 
 impl TxTracker {
@@ -387,6 +411,7 @@ impl ScanHandler for ServerSide<'_> {
             }
             backend::ERROR_RESPONSE => {
                 self.tx.session.failed();
+                self.tx.learning_set = None;
                 for lost in self.tx.prepared.tracker.error() {
                     self.server_statements.forget(&lost);
                 }
@@ -416,6 +441,9 @@ impl ScanHandler for ServerSide<'_> {
         } else if h.tag == backend::PARAMETER_STATUS {
             if let Some((name, value)) = backend::parse_parameter_status(body) {
                 self.server_params.set(name, value);
+                if let Some(l) = self.tx.learning_set.as_mut() {
+                    l.reported.push((name.to_owned(), value.to_owned()));
+                }
                 if params::reported(name).is_some() {
                     self.tx.session.set_reported(name, value);
                     *self.server_synced_for = self.tx.session.fingerprint;
@@ -727,10 +755,17 @@ pub async fn run(
             ..prepared::State::default()
         },
         syncs_since_execute: 0,
+        local_tx: LocalTx::None,
+        learning_set: None,
     };
+    // Overload protection answers transaction control and known SETs itself, and
+    // puts each transaction in a lane (transaction mode only: in session mode the
+    // client keeps its server anyway).
+    let protect = route.mode != PoolMode::Session && route.pool.settings().lanes.protection;
+    let client_user = link.login.get().map(|l| l.user.clone()).unwrap_or_default();
     // Read once per client: a reload applies to the pool at once and to clients'
     // own limits from their next connection.
-    let timeouts = route.pool.settings().timeouts;
+    let base_timeouts = route.pool.settings().timeouts;
     let reset_always = route.pool.settings().reset_always;
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(far_future()));
     tokio::pin!(timer);
@@ -775,6 +810,13 @@ pub async fn run(
                 // A request (or a statement message to rewrite on a server) is waiting.
                 prepared::Local::NotThisShape => {
                     if (client.scan.forwardable() > 0 || tx.prepared.stopped) && tx.discard.is_none() {
+                        if protect && !tx.prepared.stopped {
+                            match answer_without_server(client, &mut tx, route).await {
+                                Ok(true) => continue,
+                                Ok(false) => {}
+                                Err(reason) => return reason,
+                            }
+                        }
                         break;
                     }
                 }
@@ -783,11 +825,17 @@ pub async fn run(
                 return "client close request";
             }
             client.buf.reserve(READ_CHUNK);
+            // Inside a transaction block answered locally, the client is idle in
+            // transaction as far as it knows.
+            let (idle_limit, idle_kind) = match tx.local_tx {
+                LocalTx::None => (base_timeouts.client_idle, Expired::ClientIdle),
+                _ => (base_timeouts.idle_transaction, Expired::IdleTransaction),
+            };
             let read = tokio::select! {
                 read = client.rd.read_buf(&mut client.buf) => read,
-                _ = sleep_until_opt(timeouts.client_idle.map(|t| tokio::time::Instant::now() + t)) => {
-                    send_error(client, &ClientError::protocol(Expired::ClientIdle.text())).await;
-                    return Expired::ClientIdle.text();
+                _ = sleep_until_opt(idle_limit.map(|t| tokio::time::Instant::now() + t)) => {
+                    send_error(client, &ClientError::protocol(idle_kind.text())).await;
+                    return idle_kind.text();
                 }
                 _ = link.kill.killed() => {
                     send_error(client, &ClientError::protocol(Expired::Killed.text())).await;
@@ -805,7 +853,13 @@ pub async fn run(
             send_error(client, &shutting_down()).await;
             return "pooler shutdown";
         }
-        let got = match route.pool.try_acquire() {
+        let ticket = if protect {
+            classify(route, client, &mut tx, &client_user)
+        } else {
+            crate::pool::Ticket::default()
+        };
+        let timeouts = route.pool.settings().lanes.timeouts(ticket.lane, base_timeouts);
+        let got = match route.pool.try_acquire(ticket) {
             Some(server) => {
                 link.link_now(server.backend_pid, server.backend_key, Arc::clone(&server.target));
                 link.linked_to(&server.meta);
@@ -815,13 +869,22 @@ pub async fn run(
             None => {
                 link.waiting();
                 let since = Instant::now();
-                let got = acquire_watching(client, &mut tx, route, link, &mut shutdown).await;
+                let got = acquire_watching(client, &mut tx, route, link, &mut shutdown, ticket).await;
                 match &got {
                     Ok(server) => {
                         link.linked_to(&server.meta);
                         route.pool.stats.assigned(since.elapsed());
+                        route.pool.lane_waited(ticket.lane, since.elapsed());
                     }
-                    Err(Waited::Pool(_)) => {
+                    Err(Waited::Pool(e)) => {
+                        let metric = match e {
+                            AcquireError::QueueFull(_) => Some("sluice_lane_queue_full_total"),
+                            AcquireError::WaitTimeout(_) => Some("sluice_lane_wait_timeouts_total"),
+                            AcquireError::Connect(_) => None,
+                        };
+                        if let Some(metric) = metric {
+                            route.pool.lane_count(ticket.lane, metric);
+                        }
                         route
                             .pool
                             .stats
@@ -858,6 +921,19 @@ pub async fn run(
                 }
                 continue;
             }
+            // The lane's queue is full: this request is refused, the client stays.
+            Err(Waited::Pool(e @ AcquireError::QueueFull(q))) => {
+                tx.learning_set = None;
+                tx.discard = Some(
+                    ClientError::from(&e)
+                        .at(Severity::Error)
+                        .detail(crate::overload::explain::wait(&route.pool, Some(q))),
+                );
+                if let Err(reason) = answer_dropped(client, &mut tx).await {
+                    return reason;
+                }
+                continue;
+            }
             Err(Waited::ClientGone) => return "client unexpected eof",
             Err(Waited::Killed) => {
                 send_error(client, &ClientError::protocol(Expired::Killed.text())).await;
@@ -873,8 +949,8 @@ pub async fn run(
             }
             Err(Waited::Pool(e)) => {
                 let mut error = ClientError::from(&e);
-                if matches!(e, AcquireError::WaitTimeout) {
-                    error = error.detail(explain_wait(route));
+                if let AcquireError::WaitTimeout(q) = e {
+                    error = error.detail(crate::overload::explain::wait(&route.pool, Some(q)));
                 }
                 send_error(client, &error).await;
                 return "query_wait_timeout";
@@ -885,12 +961,43 @@ pub async fn run(
         // Bring the server in line with this client, pipelined before its first message.
         let mut swallow = 0;
         let in_line = server.synced_for == tx.session.fingerprint && tx.session.sets.is_empty();
-        let sync = if in_line {
+        let mut sync = if in_line {
             None
         } else {
             tx.session.sync_query(&server.params)
         };
         server.synced_for = tx.session.fingerprint;
+        if let LocalTx::Begun(begin) = std::mem::take(&mut tx.local_tx) {
+            // The deferred BEGIN runs now, after the settings and before the first
+            // statement, and must have opened the block before that is sent.
+            let begin = String::from_utf8_lossy(&begin).into_owned();
+            let prelude = sync.take();
+            let queries: Vec<&str> = prelude.iter().map(String::as_str).chain([begin.as_str()]).collect();
+            match server.run_queries(&queries).await {
+                Ok(TxStatus::InTransaction) => {}
+                outcome => {
+                    link.unlink().await;
+                    let answered = matches!(outcome, Ok(_) | Err(Some(_)));
+                    route.pool.release(server, answered);
+                    let why = match outcome {
+                        Err(Some(e)) => e,
+                        _ => "the server connection failed".to_owned(),
+                    };
+                    tx.discard = Some(
+                        ClientError::fatal(
+                            sluice_wire::sqlstate::CONNECTION_FAILURE,
+                            format!("could not start the transaction on a server: {why}"),
+                        )
+                        .at(Severity::Error)
+                        .hint("the transaction was rolled back; run it again"),
+                    );
+                    if let Err(reason) = answer_dropped(client, &mut tx).await {
+                        return reason;
+                    }
+                    continue;
+                }
+            }
+        }
         if let Some(sql) = sync {
             let mut out = BytesMut::new();
             let _ = frontend::build::query(&sql, &mut out);
@@ -936,6 +1043,11 @@ pub async fn run(
         link.unlink().await;
         match end {
             LinkEnd::Release => {
+                if let Some(l) = tx.learning_set.take() {
+                    if tx.status == TxStatus::Idle {
+                        route.pool.remember_set(l.key, l.reported);
+                    }
+                }
                 // Unreported settings changed on this server: back to its defaults
                 // (RESET ALL keeps prepared statements, unlike DISCARD ALL).
                 let mut ok = !tx.session.dirty || server.simple_query("RESET ALL").await.is_ok();
@@ -1003,6 +1115,8 @@ pub async fn run(
 /// or statements whose Parse is still in flight, it is closed, which makes PostgreSQL
 /// roll back and free its locks.
 fn abandon(route: &Route, client: &ClientConn, tx: &TxTracker, server: ServerConn, swallow: u32) {
+    let lane = server.meta.lane.load(std::sync::atomic::Ordering::Relaxed);
+    route.pool.lane_count(lane, "sluice_lane_abandoned_total");
     let whole_messages_sent = client.scan.forwardable() == 0 && client.scan.at_boundary();
     if !whole_messages_sent || tx.session.pinned.is_some() || tx.prepared.tracker.named_in_flight() {
         route.pool.release(server, false);
@@ -1042,41 +1156,6 @@ pub(super) async fn finish_server(route: &Route, mut server: ServerConn, clean: 
 }
 
 /// `query_wait_notify`: why this client waits, while it still waits.
-/// What held the pool's servers when a wait timed out: how many were busy, how many
-/// of those were held by clients inside transaction blocks (idle in transaction
-/// between their statements, or running one), the longest hold, and the queue.
-fn explain_wait(route: &Route) -> String {
-    let pool = &route.pool;
-    let rows = pool.server_rows();
-    let now = crate::server::unix_micros(std::time::SystemTime::now());
-    let linked: Vec<_> = rows
-        .iter()
-        .filter(|r| r.meta.linked_client.load(std::sync::atomic::Ordering::Relaxed) != 0)
-        .collect();
-    let in_tx = linked
-        .iter()
-        .filter(|r| r.meta.in_transaction.load(std::sync::atomic::Ordering::Relaxed))
-        .count();
-    let longest = linked
-        .iter()
-        .map(|r| now.saturating_sub(r.meta.request_time_us.load(std::sync::atomic::Ordering::Relaxed)))
-        .max()
-        .unwrap_or(0);
-    let c = pool.counts();
-    let s = pool.settings();
-    format!(
-        "pool {}/{} had {} of {} servers busy ({} held by clients inside a transaction block, {} running autocommit requests); the longest held for {:.1} s; {} other clients were waiting.",
-        pool.db,
-        pool.user,
-        linked.len(),
-        s.size + s.reserve_size,
-        in_tx,
-        linked.len() - in_tx,
-        longest as f64 / 1e6,
-        c.waiting,
-    )
-}
-
 fn wait_notice(route: &Route) -> ClientError {
     let c = route.pool.counts();
     let s = route.pool.settings();
@@ -1090,7 +1169,7 @@ fn wait_notice(route: &Route) -> ClientError {
     .at(Severity::Notice)
     .detail(format!(
         "{} {} clients are waiting (the oldest for {:.1} s); pool size {}, reserve {}; servers being opened: {}.",
-        explain_wait(route),
+        crate::overload::explain::wait(&route.pool, None),
         c.waiting,
         c.oldest_wait.as_secs_f64(),
         s.size,
@@ -1104,6 +1183,150 @@ fn wait_notice(route: &Route) -> ClientError {
         ),
         None => "query_wait_timeout is off: the wait has no limit".to_owned(),
     })
+}
+
+/// The lane and fingerprint of the request at the front of the client's buffer: its
+/// first meaningful statement (after a deferred BEGIN, or a leading `BEGIN;`), tags,
+/// application_name and user (see [`crate::overload`]). Also notes a lone SET whose
+/// outcome Sluice does not know yet, to learn it.
+fn classify(route: &Route, client: &ClientConn, tx: &mut TxTracker, user: &str) -> crate::pool::Ticket {
+    let (tag, body) = match Header::peek(&client.buf) {
+        Some(h) if client.buf.len() >= 5 => {
+            let end = h
+                .total_len()
+                .min(client.buf.len())
+                .min(5 + crate::overload::statement::INSPECT + 256);
+            (h.tag, &client.buf[5..end])
+        }
+        _ => (0, &client.buf[..0]),
+    };
+    let sql: &[u8] = match tag {
+        frontend::QUERY => cstr(body),
+        frontend::PARSE => {
+            let name_end = body.iter().position(|&b| b == 0).map_or(body.len(), |i| i + 1);
+            cstr(&body[name_end..])
+        }
+        _ => &[],
+    };
+    let deferred = matches!(tx.local_tx, LocalTx::Begun(_));
+    let opens = !deferred && crate::overload::statement::opens_block(sql);
+    let meaning = if opens {
+        crate::overload::statement::after_begin(sql)
+    } else {
+        sql
+    };
+    if tag == frontend::QUERY
+        && !deferred
+        && tx.status == TxStatus::Idle
+        && client.scan.forwardable() == client.buf.len()
+        && Header::peek(&client.buf).is_some_and(|h| h.total_len() == client.buf.len())
+        && crate::overload::statement::is_lone_set(sql)
+    {
+        tx.learning_set = Some(SetLearning {
+            key: (tx.session.fingerprint, sql.to_vec()),
+            reported: Vec::new(),
+        });
+    }
+    let app = tx.session.desired.get("application_name").unwrap_or("");
+    let request = crate::overload::Request {
+        application_name: app,
+        user,
+        sql: meaning,
+        in_block: deferred || opens,
+    };
+    let lanes = &route.pool.settings().lanes;
+    let mut learned = route.pool.learned.lock();
+    let c = lanes.classify(&request, &learned);
+    learned.note_with(c.fingerprint, || {
+        crate::overload::statement::fingerprint(request.sql, request.in_block).text
+    });
+    crate::pool::Ticket {
+        lane: c.lane,
+        fingerprint: c.fingerprint,
+        expected: c.expected,
+    }
+}
+
+/// Overload protection answers some requests without a server, so that they never
+/// queue: `BEGIN` (the block then opens on the server that its first real statement
+/// gets, and is classified by that statement), `COMMIT`/`ROLLBACK` of a block that
+/// never needed a server, and a lone `SET` whose outcome (the ParameterStatus values
+/// PostgreSQL sent) Sluice saw for the same text and the same settings before; the
+/// setting is recorded for the client and applied on its next server. Returns true
+/// when the request at the front of the buffer was answered.
+async fn answer_without_server(client: &mut ClientConn, tx: &mut TxTracker, route: &Route) -> Result<bool, Reason> {
+    use crate::overload::statement;
+    if tx.local_tx == LocalTx::Failed {
+        let ends = match Header::peek(&client.buf) {
+            Some(h) if h.tag == frontend::QUERY && client.scan.forwardable() >= h.total_len() => {
+                statement::ends_block(cstr(&client.buf[5..h.total_len()])).is_some()
+            }
+            _ => false,
+        };
+        if !ends {
+            tx.discard = Some(
+                ClientError::fatal(
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                )
+                .at(Severity::Error),
+            );
+            answer_dropped(client, tx).await?;
+            return Ok(true);
+        }
+    }
+    let Some(h) = Header::peek(&client.buf) else {
+        return Ok(false);
+    };
+    if h.tag != frontend::QUERY || client.scan.forwardable() < h.total_len() || tx.pending_rfq == 0 {
+        return Ok(false);
+    }
+    let n = h.total_len();
+    let sql = cstr(&client.buf[5..n]);
+    let mut out = BytesMut::new();
+    let (status, next) = match &tx.local_tx {
+        LocalTx::None if tx.status == TxStatus::Idle => {
+            if statement::is_deferrable_begin(sql) {
+                backend::command_complete(&mut out, "BEGIN");
+                (TxStatus::InTransaction, LocalTx::Begun(sql.to_vec()))
+            } else if statement::is_lone_set(sql) {
+                let Some(reported) = route.pool.known_set(&(tx.session.fingerprint, sql.to_vec())) else {
+                    return Ok(false);
+                };
+                for (name, value) in reported.iter() {
+                    backend::parameter_status(&mut out, name, value);
+                    tx.session.set_reported(name, value);
+                }
+                backend::command_complete(&mut out, "SET");
+                (TxStatus::Idle, LocalTx::None)
+            } else {
+                return Ok(false);
+            }
+        }
+        LocalTx::Begun(_) | LocalTx::Failed => match statement::ends_block(sql) {
+            Some(tag) => {
+                let tag = if tx.local_tx == LocalTx::Failed {
+                    "ROLLBACK"
+                } else {
+                    tag
+                };
+                backend::command_complete(&mut out, tag);
+                (TxStatus::Idle, LocalTx::None)
+            }
+            None => return Ok(false),
+        },
+        LocalTx::None => return Ok(false),
+    };
+    backend::ready_for_query(&mut out, status);
+    client.buf.advance(n);
+    client.scan.consumed(n);
+    tx.local_tx = next;
+    tx.ready_for_query(status, &route.pool.stats);
+    if tx.session.has_pending() {
+        tx.session.ready_for_query(status);
+    }
+    client.wr.write_all(&out).await.map_err(|_| "client unexpected eof")?;
+    Ok(true)
 }
 
 /// What a client that wants a new transaction is told during a shutdown.
@@ -1133,8 +1356,9 @@ async fn acquire_watching(
     route: &Route,
     link: &ClientLink,
     shutdown: &mut watch::Receiver<Shutdown>,
+    ticket: crate::pool::Ticket,
 ) -> Result<ServerConn, Waited> {
-    let acquire = route.pool.acquire();
+    let acquire = route.pool.acquire(ticket);
     tokio::pin!(acquire);
     let cancelled = link.queue_cancelled();
     tokio::pin!(cancelled);
@@ -1193,10 +1417,20 @@ async fn answer_dropped(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(
     client.buf.advance(n);
     client.scan.consumed(n);
     let mut out = BytesMut::new();
+    // Inside a transaction block answered locally, a failed request fails the block.
+    let status = match tx.local_tx {
+        LocalTx::None => TxStatus::Idle,
+        _ if tx.pending_rfq == 0 => tx.status,
+        _ => {
+            tx.local_tx = LocalTx::Failed;
+            tx.status = TxStatus::Failed;
+            TxStatus::Failed
+        }
+    };
     if let Some(error) = &tx.discard {
         for _ in 0..tx.pending_rfq {
             error.write(&mut out);
-            backend::ready_for_query(&mut out, TxStatus::Idle);
+            backend::ready_for_query(&mut out, status);
         }
     }
     debug!(requests = tx.pending_rfq, "requests dropped");
@@ -1220,10 +1454,24 @@ impl ServerConn {
         if sql.to_ascii_lowercase().contains("discard all") {
             self.statements.clear();
         }
+        match self.run_queries(&[sql]).await {
+            Ok(TxStatus::Idle) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Runs simple queries in one round trip and discards their results (keeping the
+    /// server's reported settings up to date). Returns the transaction status after
+    /// the last; Err(Some(text)) for the first error the server reported, Err(None)
+    /// when the connection failed.
+    pub async fn run_queries(&mut self, queries: &[&str]) -> Result<TxStatus, Option<String>> {
         let mut out = BytesMut::new();
-        frontend::build::query(sql, &mut out).map_err(|_| ())?;
-        self.wr.write_all(&out).await.map_err(|_| ())?;
-        let mut failed = false;
+        for sql in queries {
+            frontend::build::query(sql, &mut out).map_err(|e| Some(e.to_string()))?;
+        }
+        self.wr.write_all(&out).await.map_err(|_| None)?;
+        let mut failed: Option<String> = None;
+        let mut owed = queries.len();
         loop {
             while let Some(h) = Header::peek(&self.buf) {
                 if self.buf.len() < h.total_len() {
@@ -1231,25 +1479,33 @@ impl ServerConn {
                 }
                 let msg = self.buf.split_to(h.total_len());
                 match h.tag {
-                    backend::ERROR_RESPONSE => failed = true,
+                    backend::ERROR_RESPONSE if failed.is_none() => {
+                        let e = backend::parse_error_fields(&msg[5..]);
+                        failed = Some(format!("{} ({})", e.message, e.code));
+                    }
                     backend::PARAMETER_STATUS => {
                         if let Some((name, value)) = backend::parse_parameter_status(&msg[5..]) {
                             self.params.set(name, value);
-                            self.synced_for = 0;
                         }
                     }
                     READY_FOR_QUERY => {
-                        let idle = backend::parse_ready_for_query(&msg[5..]) == Some(TxStatus::Idle);
-                        return if idle && !failed { Ok(()) } else { Err(()) };
+                        owed -= 1;
+                        if owed == 0 {
+                            let status = backend::parse_ready_for_query(&msg[5..]).ok_or(None)?;
+                            return match failed {
+                                Some(e) => Err(Some(e)),
+                                None => Ok(status),
+                            };
+                        }
                     }
                     _ => {}
                 }
             }
             if self.buf.len() > MAX_BUFFERED {
-                return Err(());
+                return Err(None);
             }
-            if self.rd.read_buf(&mut self.buf).await.map_err(|_| ())? == 0 {
-                return Err(());
+            if self.rd.read_buf(&mut self.buf).await.map_err(|_| None)? == 0 {
+                return Err(None);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! PgBouncer's ini format: `[databases]`, `[pgbouncer]`, `[users]` (and `[peers]`,
-//! accepted and ignored), `;`/`#` comment lines, and `%include FILE`.
+//! PgBouncer's ini format: `[databases]`, `[pgbouncer]`, `[users]`, Sluice's `[lanes]`
+//! (and `[peers]`, accepted and ignored), `;`/`#` comment lines, and `%include FILE`.
 
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ fn read_into(path: &Path, raw: &mut RawConfig, section: &mut String, depth: usiz
                 .strip_suffix(']')
                 .ok_or_else(|| ConfigError::at(&origin, "section header is missing ']'"))?;
             let name = name.trim().to_ascii_lowercase();
-            if !matches!(name.as_str(), "databases" | "pgbouncer" | "users" | "peers") {
+            if !matches!(name.as_str(), "databases" | "pgbouncer" | "users" | "peers" | "lanes") {
                 return Err(ConfigError::at(&origin, format!("unknown section [{name}]")));
             }
             *section = name;
@@ -63,7 +63,7 @@ fn read_into(path: &Path, raw: &mut RawConfig, section: &mut String, depth: usiz
             "pgbouncer" => raw
                 .settings
                 .push((key.to_ascii_lowercase(), toml::Value::String(value.to_owned()), origin)),
-            "databases" | "users" => {
+            "databases" | "users" | "lanes" => {
                 let pairs = connstr::parse(value).map_err(|m| ConfigError::at(&origin, m))?;
                 let entries = pairs
                     .into_iter()
@@ -74,10 +74,10 @@ fn read_into(path: &Path, raw: &mut RawConfig, section: &mut String, depth: usiz
                     origin,
                     entries,
                 };
-                if section == "databases" {
-                    raw.databases.push(s);
-                } else {
-                    raw.users.push(s);
+                match section.as_str() {
+                    "databases" => raw.databases.push(s),
+                    "users" => raw.users.push(s),
+                    _ => raw.lanes.push(s),
                 }
             }
             "peers" => {}

@@ -105,6 +105,10 @@ pub const SETTINGS: &[&str] = &[
     "scram_iterations",
     // Sluice's own.
     "metrics_addr",
+    "overload_protection",
+    "slow_share",
+    "slow_threshold",
+    "max_queue_length",
 ];
 
 /// Settings Sluice acts on today. The rest of [`SETTINGS`] is accepted and ignored.
@@ -157,6 +161,10 @@ pub const IMPLEMENTED: &[&str] = &[
     "admin_users",
     "stats_users",
     "metrics_addr",
+    "overload_protection",
+    "slow_share",
+    "slow_threshold",
+    "max_queue_length",
 ];
 
 /// Keys of a `[databases]` entry.

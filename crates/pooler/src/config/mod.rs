@@ -12,12 +12,14 @@ pub mod convert;
 pub mod env;
 pub mod ini;
 pub mod keys;
+pub mod lanes;
 pub mod toml_file;
 pub mod userlist;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::Serialized;
@@ -175,8 +177,17 @@ pub struct Config {
     pub pkt_buf: u32,
     pub listen_backlog: u32,
     pub tcp_keepalive: bool,
+    /// Sluice's overload protection: `auto` or `off` (PgBouncer's single queue).
+    pub overload_protection: String,
+    /// Share of a pool's servers the automatic `slow` lane may hold.
+    pub slow_share: f64,
+    /// Seconds a kind of transaction holds a server before it counts as slow.
+    pub slow_threshold: f64,
+    /// Clients that may wait per pool lane (0: no bound).
+    pub max_queue_length: u32,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
+    pub lanes: BTreeMap<String, lanes::LaneConfig>,
 }
 
 impl Default for Config {
@@ -232,8 +243,13 @@ impl Default for Config {
             pkt_buf: 4096,
             listen_backlog: 128,
             tcp_keepalive: true,
+            overload_protection: "auto".into(),
+            slow_share: 2.0 / 3.0,
+            slow_threshold: 0.5,
+            max_queue_length: 0,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
+            lanes: BTreeMap::new(),
         }
     }
 }
@@ -281,6 +297,7 @@ pub struct RawConfig {
     pub settings: Vec<(String, toml::Value, Origin)>,
     pub databases: Vec<RawSection>,
     pub users: Vec<RawSection>,
+    pub lanes: Vec<RawSection>,
     /// Users and secrets read from an ini's `auth_file` happen later; TOML may carry them.
     pub files: Vec<PathBuf>,
 }
@@ -304,6 +321,7 @@ impl RawConfig {
         for (sections, known, what) in [
             (&self.databases, keys::DATABASE, "database"),
             (&self.users, keys::USER, "user"),
+            (&self.lanes, lanes::KEYS, "lane"),
         ] {
             for s in sections {
                 for (key, _, origin) in &s.entries {
@@ -326,6 +344,7 @@ impl RawConfig {
                 let list = match section.as_str() {
                     "databases" => &self.databases,
                     "users" => &self.users,
+                    "lanes" => &self.lanes,
                     _ => return None,
                 };
                 let s = list.iter().find(|s| &s.name == name)?;
@@ -343,7 +362,11 @@ impl RawConfig {
         for (k, v, _) in &self.settings {
             top.insert(k.clone(), v.clone());
         }
-        for (key, sections) in [("databases", &self.databases), ("users", &self.users)] {
+        for (key, sections) in [
+            ("databases", &self.databases),
+            ("users", &self.users),
+            ("lanes", &self.lanes),
+        ] {
             let mut t = toml::Table::new();
             for s in sections {
                 let mut entry = toml::Table::new();
@@ -371,6 +394,8 @@ pub struct Loaded {
     pub sources: BTreeMap<String, String>,
     /// Environment variables that conflict or look mistyped, for the log.
     pub warnings: Vec<String>,
+    /// Overload protection's lanes, shared by every pool.
+    pub lanes: Arc<crate::overload::LaneSet>,
 }
 
 /// Where a config comes from: the file, and the environment that overrides it.
@@ -450,6 +475,10 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         sources.insert(format!("databases.{name}"), from.clone());
     }
     validate(&config, path)?;
+    let lanes = lanes::build(&config).map_err(|message| ConfigError::File {
+        file: path.to_path_buf(),
+        message,
+    })?;
 
     let ignored = raw
         .settings
@@ -480,6 +509,7 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         ignored,
         sources,
         warnings: overlay.warnings,
+        lanes,
     })
 }
 

@@ -117,3 +117,48 @@ fn accepted_but_unimplemented_settings_are_listed() {
     assert_eq!(l.ignored.len(), 1);
     assert_eq!(l.ignored[0].0, "server_round_robin");
 }
+
+#[test]
+fn lanes_load_from_toml_and_ini_alike() {
+    let d = tmpdir();
+    let toml = write(
+        &d,
+        "p.toml",
+        "slow_share = 0.5\n[lanes.export]\ntag = \"controller=export\"\nmax_servers = 8\nquery_wait_timeout = 60\n[lanes.login]\ntag = \"controller=login\"\npriority = 10\nreserved_servers = 2\n",
+    );
+    let ini = write(
+        &d,
+        "p.ini",
+        "[pgbouncer]\nslow_share = 0.5\n[lanes]\nexport = tag=controller:export max_servers=8 query_wait_timeout=60\nlogin = tag=controller:login priority=10 reserved_servers=2\n",
+    );
+    let a = load_env(&toml, &[]).unwrap().lanes;
+    let b = load_env(&ini, &[]).unwrap().lanes;
+    assert_eq!(a, b);
+    assert!(a.protection);
+    assert_eq!(a.slow_share, 0.5);
+    let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["fast", "slow", "export", "login"]);
+    let export = &a.lanes[2];
+    assert_eq!(export.rule.tags, vec![("controller".to_owned(), "export".to_owned())]);
+    assert_eq!(export.max_servers, Some(8));
+    assert_eq!(export.wait_timeout, Some(Some(Duration::from_secs(60))));
+    assert_eq!(a.lanes[3].priority, 10);
+    assert_eq!(a.lanes[3].reserved, 2);
+}
+
+#[test]
+fn bad_lanes_are_errors_naming_the_problem() {
+    let d = tmpdir();
+    for (text, expect) in [
+        ("[lanes.slow]\nmax_servers = 1\n", "taken by an automatic lane"),
+        ("[lanes.x]\nstatement = \"(\"\n", "statement pattern"),
+        ("[lanes.x]\ntag = \"nothing\"\n", "must be key=value"),
+        ("[lanes.x]\ncolour = \"red\"\n", "unknown lane parameter 'colour'"),
+        ("overload_protection = \"sometimes\"\n", "overload_protection must be"),
+        ("slow_share = 1.5\n", "slow_share must be"),
+    ] {
+        let p = write(&d, "bad.toml", text);
+        let e = load_env(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains(expect), "{text}: {e}");
+    }
+}

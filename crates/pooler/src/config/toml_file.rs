@@ -1,5 +1,5 @@
 //! Sluice's TOML format: top-level keys are PgBouncer's `[pgbouncer]` settings, and
-//! `[databases.NAME]` / `[users.NAME]` tables hold the entries.
+//! `[databases.NAME]` / `[users.NAME]` / `[lanes.NAME]` tables hold the entries.
 
 use std::path::Path;
 
@@ -44,7 +44,7 @@ pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         let origin = origin_at(key_span);
         let value = values.get(key).cloned().unwrap_or(toml::Value::Boolean(false));
         match key {
-            "databases" | "users" => {
+            "databases" | "users" | "lanes" => {
                 let Some(table) = item.as_table_like() else {
                     return Err(ConfigError::at(&origin, format!("'{key}' must be a table")));
                 };
@@ -74,10 +74,10 @@ pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
                         entries,
                     });
                 }
-                if key == "databases" {
-                    raw.databases = sections;
-                } else {
-                    raw.users = sections;
+                match key {
+                    "databases" => raw.databases = sections,
+                    "users" => raw.users = sections,
+                    _ => raw.lanes = sections,
                 }
             }
             _ => raw.settings.push((key.to_owned(), value, origin)),

@@ -11,6 +11,7 @@ pub fn help(_: &App) -> Reply {
                  \tSHOW SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE\n\
                  \tSHOW DNS_HOSTS|DNS_ZONES\n\
                  \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
+                 \tSHOW LANES|WAITS|FINGERPRINTS\n\
                  \tSET key = arg\n\
                  \tRELOAD\n\
                  \tPAUSE [<db>]\n\

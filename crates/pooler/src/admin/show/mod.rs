@@ -5,6 +5,7 @@ pub mod config;
 pub mod databases;
 mod dns;
 mod help;
+mod lanes;
 pub mod lists;
 mod mem;
 mod peers;
@@ -21,6 +22,7 @@ use super::{error, Reply};
 use crate::app::App;
 use crate::errors::ClientError;
 
+pub use lanes::lanes as lanes_rows;
 pub use pools::pools;
 pub use stats::{stats, stats_totals};
 pub use version::version_string;
@@ -50,6 +52,10 @@ const SHOWS: &[(&str, Show)] = &[
     ("active_sockets", |app| Reply::Rows(sockets::sockets(app, true))),
     ("peers", |_| Reply::Rows(peers::peers())),
     ("peer_pools", |_| Reply::Rows(peers::peer_pools())),
+    // Sluice's own: overload protection.
+    ("lanes", |app| Reply::Rows(lanes::lanes(app))),
+    ("waits", |app| Reply::Rows(lanes::waits(app))),
+    ("fingerprints", |app| Reply::Rows(lanes::fingerprints(app))),
 ];
 
 /// Settings some drivers SHOW on connect, answered with fixed values (as PgBouncer).
