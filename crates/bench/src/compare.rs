@@ -43,6 +43,9 @@ pub struct PoolBudget {
     pub max_client_conn: u32,
     /// More `name = value` lines for `[pgbouncer]`.
     pub extra: Vec<String>,
+    /// Lines for Sluice only: settings PgBouncer does not know, and `[lanes]` entries.
+    pub sluice_extra: Vec<String>,
+    pub sluice_lanes: Vec<String>,
 }
 
 impl Default for PoolBudget {
@@ -55,6 +58,8 @@ impl Default for PoolBudget {
             query_wait_timeout: 120,
             max_client_conn: 2000,
             extra: Vec::new(),
+            sluice_extra: Vec::new(),
+            sluice_lanes: Vec::new(),
         }
     }
 }
@@ -132,7 +137,20 @@ impl Stack {
             let dir = self.work.path().join(kind.name());
             std::fs::create_dir_all(&dir)?;
             give_to_server_account(&dir)?;
-            let ini = self.ini_text(budget, port, &dir);
+            let mut ini = self.ini_text(budget, port, &dir);
+            if *kind == Kind::Sluice {
+                for line in &budget.sluice_extra {
+                    ini.push_str(line);
+                    ini.push('\n');
+                }
+                if !budget.sluice_lanes.is_empty() {
+                    ini.push_str("\n[lanes]\n");
+                    for line in &budget.sluice_lanes {
+                        ini.push_str(line);
+                        ini.push('\n');
+                    }
+                }
+            }
             let ini_path = dir.join("pooler.ini");
             std::fs::write(&ini_path, &ini)?;
             if *kind == Kind::Sluice {

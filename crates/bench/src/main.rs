@@ -62,6 +62,13 @@ enum Cmd {
         /// More pgbouncer.ini settings for both poolers: NAME=VALUE.
         #[arg(long = "set")]
         settings: Vec<String>,
+        /// Settings for Sluice only (its own, e.g. overload_protection=off): NAME=VALUE.
+        #[arg(long = "sluice-set")]
+        sluice_settings: Vec<String>,
+        /// A lane for Sluice's `[lanes]` section: NAME=DEFINITION, e.g.
+        /// `reports=tag=controller:export max_servers=8`.
+        #[arg(long = "sluice-lane")]
+        sluice_lanes: Vec<String>,
         /// The sluice binary (default: next to this one, then PATH).
         #[arg(long)]
         sluice: Option<PathBuf>,
@@ -87,6 +94,10 @@ struct Common {
     /// Leave out paths with these tags (e.g. export).
     #[arg(long = "exclude-tag")]
     exclude_tags: Vec<String>,
+    /// Tag every statement as Django's sqlcommenter middleware does
+    /// (`/*controller='<path>',route='...'*/`).
+    #[arg(long)]
+    sqlcommenter: bool,
     /// Directory for report.{csv,json,html} and samples.csv.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -98,6 +109,9 @@ impl Common {
     fn scenario(&self) -> Result<Scenario> {
         let mut s = Scenario::load(&self.scenario)?;
         s.exclude_tags(&self.exclude_tags);
+        if self.sqlcommenter {
+            s.sqlcommenter();
+        }
         if s.paths.is_empty() {
             bail!("--exclude-tag left no paths to run");
         }
@@ -170,23 +184,31 @@ fn main() -> Result<()> {
             reserve_pool_timeout,
             query_wait_timeout,
             settings,
+            sluice_settings,
+            sluice_lanes,
             sluice,
             pgbouncer,
         } => {
             let scenario = common.scenario()?;
+            let name_value = |flag: &str, s: &String| match s.split_once('=') {
+                Some((k, v)) => Ok(format!("{} = {}", k.trim(), v.trim())),
+                None => bail!("{flag} {s}: expected NAME=VALUE"),
+            };
             let budget = PoolBudget {
+                sluice_extra: sluice_settings
+                    .iter()
+                    .map(|s| name_value("--sluice-set", s))
+                    .collect::<Result<_>>()?,
+                sluice_lanes: sluice_lanes
+                    .iter()
+                    .map(|s| name_value("--sluice-lane", s))
+                    .collect::<Result<_>>()?,
                 pool_mode,
                 default_pool_size: pool_size,
                 reserve_pool_size: reserve_pool,
                 reserve_pool_timeout,
                 query_wait_timeout,
-                extra: settings
-                    .iter()
-                    .map(|s| match s.split_once('=') {
-                        Some((k, v)) => Ok(format!("{} = {}", k.trim(), v.trim())),
-                        None => bail!("--set {s}: expected NAME=VALUE"),
-                    })
-                    .collect::<Result<_>>()?,
+                extra: settings.iter().map(|s| name_value("--set", s)).collect::<Result<_>>()?,
                 ..PoolBudget::default()
             };
             let mut targets = targets;

@@ -164,6 +164,26 @@ pub enum Step {
     },
 }
 
+impl Scenario {
+    /// Tags every statement the way Django's sqlcommenter middleware does:
+    /// `/*controller='<path>',route='%2F<path>%2F'*/` at the end. Transaction control
+    /// (BEGIN, COMMIT, ROLLBACK) is left alone: the driver sends it, not the ORM.
+    pub fn sqlcommenter(&mut self) {
+        for path in &mut self.paths {
+            let comment = format!("/*controller='{0}',route='%2F{0}%2F'*/", path.name);
+            for step in &mut path.steps {
+                if let Step::Sql { sql, .. } = step {
+                    let first = sql.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+                    if !matches!(first.as_str(), "begin" | "commit" | "rollback" | "start" | "end") {
+                        sql.push(' ');
+                        sql.push_str(&comment);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A value bound into a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -387,6 +407,35 @@ steps = [
   { think = 0.1 },
 ]
 "#;
+
+    #[test]
+    fn sqlcommenter_tags_statements_but_not_transaction_control() {
+        let text = r#"
+name = "t"
+duration = 1
+[[path]]
+name = "export"
+steps = [{ sql = "BEGIN" }, { sql = "SELECT 1" }, { sql = "COMMIT" }]
+"#;
+        let mut s = Scenario::parse(text, "t.toml").unwrap();
+        s.sqlcommenter();
+        let sqls: Vec<&str> = s.paths[0]
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Sql { sql, .. } => Some(sql.as_str()),
+                Step::Think { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            sqls,
+            [
+                "BEGIN",
+                "SELECT 1 /*controller='export',route='%2Fexport%2F'*/",
+                "COMMIT"
+            ]
+        );
+    }
 
     #[test]
     fn parses_and_renders_for_each_protocol() {
