@@ -1059,8 +1059,9 @@ async fn abandoned_work_is_cancelled_rolled_back_and_the_server_reused() -> Resu
     let left = Instant::now();
     while pg.psql("postgres", &running)? != "0" {
         assert!(
-            left.elapsed() < Duration::from_secs(5),
-            "the abandoned pg_sleep(60) still runs"
+            // The bound: cancelled within 1 s (typically 20 ms).
+            left.elapsed() < Duration::from_secs(1),
+            "the abandoned pg_sleep(60) still runs 1 s after its client left"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use support::*;
+use tokio_postgres::SimpleQueryMessage;
 
 /// What one starvation run saw.
 #[derive(Debug)]
@@ -151,7 +152,10 @@ async fn a_full_lane_queue_and_a_lane_wait_timeout_are_explained() -> Result<()>
     let lanes = "[lanes.reports]\nstatement = \"^select pg_sleep\"\nmax_servers = 1\nmax_queue_length = 1\nquery_wait_timeout = 2\n";
     let s = Sluice::start(
         &pg,
-        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 3\nquery_wait_notify = 0",
+        &format!(
+            "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 3\nquery_wait_notify = 0\nadmin_users = \"{}\"",
+            SCRAM_USER.0
+        ),
         lanes,
     )?;
     let (u, p) = SCRAM_USER;
@@ -180,6 +184,35 @@ async fn a_full_lane_queue_and_a_lane_wait_timeout_are_explained() -> Result<()>
     assert!(detail.contains("servers by lane: reports 1 of at most 1"), "{detail}");
     // Other lanes are untouched.
     assert_eq!(third.query_one("SELECT 7", &[]).await?.get::<_, i32>(0), 7);
+
+    // The console says the same while the waiter waits.
+    let admin = connect(&s.url(u, p, "pgbouncer")).await?;
+    let rows = |messages: Vec<SimpleQueryMessage>| -> Vec<tokio_postgres::SimpleQueryRow> {
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    };
+    let waits = rows(admin.simple_query("SHOW WAITS").await?);
+    assert_eq!(waits.len(), 1, "one pool has a waiting client");
+    assert_eq!(
+        (waits[0].get("database"), waits[0].get("cl_waiting")),
+        (Some("app"), Some("1"))
+    );
+    let why = waits[0].get("explanation").unwrap_or_default();
+    assert!(why.contains("by \"select pg_sleep(?)\" (lane reports)"), "{why}");
+    let lanes = rows(admin.simple_query("SHOW LANES").await?);
+    let reports = lanes
+        .iter()
+        .find(|r| r.get("lane") == Some("reports"))
+        .context("SHOW LANES has the configured lane")?;
+    assert_eq!(
+        (reports.get("sv_held"), reports.get("cap"), reports.get("cl_waiting")),
+        (Some("1"), Some("1"), Some("1"))
+    );
 
     // The waiter times out after the lane's 2 s, with PgBouncer's text and the lane,
     // the holding statement's fingerprint and its place in the queue.
