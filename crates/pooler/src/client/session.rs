@@ -510,10 +510,12 @@ fn scan_client(
 }
 
 /// `DISCARD ALL` / `DEALLOCATE ALL` (any case): the server forgets its statements.
+/// Runs on every statement, so it compares bytes in place (no allocation).
 fn drops_all_statements(sql: &[u8]) -> bool {
-    let s = String::from_utf8_lossy(&sql[..sql.len().min(64)]).to_ascii_lowercase();
-    let s = s.trim_start();
-    s.starts_with("discard all") || s.starts_with("deallocate all") || s.starts_with("deallocate prepare all")
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(sql.len());
+    let head = &sql[start..];
+    let starts = |p: &[u8]| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"discard all") || starts(b"deallocate all") || starts(b"deallocate prepare all")
 }
 
 /// Bytes moving both ways between one client and one server.
@@ -1508,5 +1510,21 @@ impl ServerConn {
                 return Err(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drops_all_statements;
+
+    #[test]
+    fn statements_that_drop_every_prepared_statement() {
+        assert!(drops_all_statements(b"  DISCARD ALL"));
+        assert!(drops_all_statements(b"deallocate All;"));
+        assert!(drops_all_statements(b"\nDEALLOCATE PREPARE ALL"));
+        assert!(!drops_all_statements(b"DEALLOCATE s1"));
+        assert!(!drops_all_statements(b"DISCARD PLANS"));
+        assert!(!drops_all_statements(b"SELECT 'discard all'"));
+        assert!(!drops_all_statements(b"discard"));
     }
 }
