@@ -363,6 +363,9 @@ impl App {
             .map_err(|e| e.to_string())?;
         config::validate(&loaded.config, &loaded.path).map_err(|e| e.to_string())?;
         loaded.lanes = config::lanes::build(&loaded.config)?;
+        if key.starts_with("client_tls") {
+            loaded.client_tls = crate::tls::client(&loaded.config, &loaded.path)?;
+        }
         self.apply(&loaded);
         Ok(())
     }

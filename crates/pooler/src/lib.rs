@@ -23,6 +23,7 @@ pub mod statements;
 pub mod stats;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

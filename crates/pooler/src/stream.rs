@@ -28,14 +28,45 @@ impl Stream {
     }
 }
 
+/// A client's TLS session over TCP.
+type ClientTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
 pub enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<ClientTlsStream>),
+    /// Between the halves being taken for a TLS handshake and its result.
+    Detached,
 }
 
 pub enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<ClientTlsStream>),
+    Detached,
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection detached for a TLS handshake")
+}
+
+/// Does the TLS handshake on a TCP connection whose SSLRequest was answered 'S' and
+/// returns the encrypted halves. The halves must be plain TCP.
+pub async fn accept_tls(
+    rd: ReadHalf,
+    wr: WriteHalf,
+    acceptor: &tokio_rustls::TlsAcceptor,
+) -> io::Result<(ReadHalf, WriteHalf)> {
+    let (ReadHalf::Tcp(r), WriteHalf::Tcp(w)) = (rd, wr) else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TLS is only offered over TCP",
+        ));
+    };
+    let tcp = r.reunite(w).map_err(|e| io::Error::other(e.to_string()))?;
+    let tls = acceptor.accept(tcp).await?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((ReadHalf::Tls(r), WriteHalf::Tls(w)))
 }
 
 impl ReadHalf {
@@ -43,6 +74,7 @@ impl ReadHalf {
     /// Never a syscall: the readiness the driver keeps already carries the
     /// peer-closed bit (EPOLLRDHUP), while a plain "readable" flag stays set after most
     /// reads and would cost a read returning EAGAIN on every check.
+    /// A TLS half cannot be asked (the stream is shared with the writer): false.
     pub fn peer_closed(&self) -> bool {
         use std::future::Future;
         use tokio::io::Interest;
@@ -50,6 +82,8 @@ impl ReadHalf {
         let ready = match self {
             ReadHalf::Tcp(s) => std::pin::pin!(s.ready(Interest::READABLE)).poll(&mut cx),
             ReadHalf::Unix(s) => std::pin::pin!(s.ready(Interest::READABLE)).poll(&mut cx),
+            ReadHalf::Tls(_) => return false,
+            ReadHalf::Detached => return true,
         };
         match ready {
             Poll::Ready(Ok(r)) => r.is_read_closed() || r.is_error(),
@@ -65,6 +99,8 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Detached => Poll::Ready(Err(detached())),
         }
     }
 }
@@ -75,6 +111,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             WriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -83,6 +121,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_flush(cx),
             WriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -90,6 +130,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Detached => Poll::Ready(Err(detached())),
         }
     }
 }

@@ -136,7 +136,7 @@ async fn login(
 ) -> Result<Option<LoggedIn>, ClientError> {
     let (cancel_pid, cancel_key) = (registration.pid, registration.key);
     let current = app.current();
-    let msg = match startup::read(client).await? {
+    let msg = match startup::read(client, current.loaded.client_tls.as_deref()).await? {
         startup::Startup::Login(msg) => msg,
         startup::Startup::Cancel { pid, key } => {
             let timeout = seconds(current.config.cancel_wait_timeout).unwrap_or(std::time::Duration::from_secs(3600));

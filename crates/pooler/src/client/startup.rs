@@ -1,5 +1,6 @@
-//! The startup phase of a client connection: SSL/GSS negotiation (declined for now),
-//! the StartupMessage or a CancelRequest, and protocol version negotiation.
+//! The startup phase of a client connection: SSL negotiation (TLS when
+//! `client_tls_sslmode` allows it; GSS encryption is declined), the StartupMessage or
+//! a CancelRequest, and protocol version negotiation.
 
 use bytes::BytesMut;
 use sluice_wire::startup::{self, StartupMessage, StartupPacket};
@@ -8,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ClientConn;
 use crate::errors::ClientError;
+use crate::stream::{ReadHalf, WriteHalf};
+use crate::tls::ClientTls;
 
 pub enum Startup {
     Login(StartupMessage),
@@ -16,8 +19,9 @@ pub enum Startup {
 
 pub const CLOSED_BEFORE_STARTUP: &str = "client closed the connection during startup";
 
-/// Reads packets until a StartupMessage or CancelRequest arrives.
-pub async fn read(client: &mut ClientConn) -> Result<Startup, ClientError> {
+/// Reads packets until a StartupMessage or CancelRequest arrives, doing the TLS
+/// handshake on the way when the client asks and `tls` allows it.
+pub async fn read(client: &mut ClientConn, tls: Option<&ClientTls>) -> Result<Startup, ClientError> {
     let mut ssl_answered = false;
     let mut gss_answered = false;
     loop {
@@ -25,7 +29,16 @@ pub async fn read(client: &mut ClientConn) -> Result<Startup, ClientError> {
         match startup::parse(&payload) {
             Ok(StartupPacket::SslRequest) if !ssl_answered => {
                 ssl_answered = true;
-                write(client, b"N").await?;
+                // Bytes behind an SSLRequest came before encryption and may have been
+                // injected by a man in the middle (CVE-2021-23214): refuse them.
+                if !client.buf.is_empty() {
+                    return Err(ClientError::protocol("received unencrypted data after SSL request"));
+                }
+                // TLS over TCP only: a Unix socket is declined, as PgBouncer does.
+                match tls.filter(|_| matches!(client.rd, ReadHalf::Tcp(_))) {
+                    Some(tls) => start_tls(client, tls).await?,
+                    None => write(client, b"N").await?,
+                }
             }
             Ok(StartupPacket::GssEncRequest) if !gss_answered => {
                 gss_answered = true;
@@ -36,6 +49,10 @@ pub async fn read(client: &mut ClientConn) -> Result<Startup, ClientError> {
             }
             Ok(StartupPacket::Cancel { pid, key }) => return Ok(Startup::Cancel { pid, key }),
             Ok(StartupPacket::Startup(msg)) => {
+                if tls.is_some_and(ClientTls::required) && matches!(client.rd, ReadHalf::Tcp(_)) {
+                    return Err(ClientError::protocol("SSL required")
+                        .hint("client_tls_sslmode requires TLS: connect with sslmode=require or stronger"));
+                }
                 negotiate_version(client, &msg).await?;
                 return Ok(Startup::Login(msg));
             }
@@ -45,6 +62,20 @@ pub async fn read(client: &mut ClientConn) -> Result<Startup, ClientError> {
             Err(e) => return Err(ClientError::protocol(e.to_string())),
         }
     }
+}
+
+/// Answers 'S' and does the handshake; the client's halves become the TLS ones.
+async fn start_tls(client: &mut ClientConn, tls: &ClientTls) -> Result<(), ClientError> {
+    write(client, b"S").await?;
+    let rd = std::mem::replace(&mut client.rd, ReadHalf::Detached);
+    let wr = std::mem::replace(&mut client.wr, WriteHalf::Detached);
+    let (rd, wr) = crate::stream::accept_tls(rd, wr, &tls.acceptor)
+        .await
+        .map_err(|e| ClientError::protocol(format!("TLS handshake failed: {e}")))?;
+    client.rd = rd;
+    client.wr = wr;
+    tracing::debug!("TLS established");
+    Ok(())
 }
 
 /// Reads one untagged packet (after the length field). A bad length ends the

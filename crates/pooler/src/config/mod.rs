@@ -48,6 +48,32 @@ impl fmt::Display for PoolMode {
     }
 }
 
+/// PgBouncer's `client_tls_sslmode` / `server_tls_sslmode`, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    #[default]
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Allow => "allow",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum AuthType {
     #[serde(rename = "scram-sha-256")]
@@ -138,6 +164,13 @@ pub struct Config {
     pub ignore_startup_parameters: String,
     pub auth_type: AuthType,
     pub auth_file: Option<String>,
+    /// TLS to clients: SSLRequests are accepted unless `disable`; `require` and
+    /// stronger refuse plaintext TCP logins; `verify-ca` / `verify-full` also ask for
+    /// a client certificate signed by `client_tls_ca_file`.
+    pub client_tls_sslmode: TlsMode,
+    pub client_tls_key_file: Option<String>,
+    pub client_tls_cert_file: Option<String>,
+    pub client_tls_ca_file: Option<String>,
     pub admin_users: String,
     pub stats_users: String,
     pub log_connections: bool,
@@ -212,6 +245,10 @@ impl Default for Config {
             ignore_startup_parameters: String::new(),
             auth_type: AuthType::Md5,
             auth_file: None,
+            client_tls_sslmode: TlsMode::Disable,
+            client_tls_key_file: None,
+            client_tls_cert_file: None,
+            client_tls_ca_file: None,
             admin_users: String::new(),
             stats_users: String::new(),
             log_connections: true,
@@ -396,6 +433,8 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// Overload protection's lanes, shared by every pool.
     pub lanes: Arc<crate::overload::LaneSet>,
+    /// TLS to clients (None: `client_tls_sslmode = disable`), certificates read at load.
+    pub client_tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 /// Where a config comes from: the file, and the environment that overrides it.
@@ -479,6 +518,10 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         file: path.to_path_buf(),
         message,
     })?;
+    let client_tls = crate::tls::client(&config, path).map_err(|message| ConfigError::File {
+        file: path.to_path_buf(),
+        message,
+    })?;
 
     let ignored = raw
         .settings
@@ -510,6 +553,7 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         sources,
         warnings: overlay.warnings,
         lanes,
+        client_tls,
     })
 }
 

@@ -1,0 +1,245 @@
+//! TLS to clients (docs/configuration.md, client_tls_*): certificates generated here,
+//! a real psql verifying them, and PgBouncer's refusal of plaintext under `require`.
+
+mod support;
+
+use std::path::Path;
+
+use anyhow::Result;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::*;
+
+/// A CA, and a server certificate it signed for 127.0.0.1 / localhost, as PEM files in
+/// `dir`: ca.pem, server.pem, server.key. The CA is named `ca_name`.
+fn certificates(dir: &Path, ca_name: &str) -> Result<()> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let server = server.signed_by(&key, &ca)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("server.pem"), server.pem())?;
+    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    // A client certificate from the same CA (libpq wants its key private).
+    let client_key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client.distinguished_name.push(DnType::CommonName, SCRAM_USER.0);
+    let client = client.signed_by(&client_key, &ca)?;
+    std::fs::write(dir.join("client.pem"), client.pem())?;
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem())?;
+    std::fs::set_permissions(
+        dir.join("client.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    Ok(())
+}
+
+fn tls_settings(dir: &Path, mode: &str) -> String {
+    format!(
+        "auth_type = \"scram-sha-256\"\npool_mode = \"transaction\"\nclient_tls_sslmode = \"{mode}\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_serves_tls_clients_and_refuses_plaintext_with_pgbouncers_error() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let s = Sluice::start(&pg, &tls_settings(certs.path(), "require"), "")?;
+    let (u, p) = SCRAM_USER;
+    let ca = certs.path().join("ca.pem");
+
+    // psql checks the chain and the host name: this only succeeds over TLS with the
+    // configured certificate.
+    let url = format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        s.url(u, p, "app"),
+        ca.display()
+    );
+    let (ok, out, err) = psql(&pg, &url, &["-Atc", "SELECT 6 * 7"], None)?;
+    assert!(ok && out.trim() == "42", "psql over TLS: {out} {err}\n{}", s.log());
+
+    // Plaintext is refused with PgBouncer's text; the login never reaches a password.
+    let (ok, _, err) = psql(
+        &pg,
+        &format!("{} sslmode=disable", s.url(u, p, "app")),
+        &["-c", "SELECT 1"],
+        None,
+    )?;
+    assert!(!ok && err.contains("SSL required"), "{err}");
+    let e = refused(connect(&s.url(u, p, "app")).await, "plaintext under require");
+    assert_eq!(db_error(&e), ("08P01".into(), "SSL required".into()));
+
+    // A certificate the client does not trust fails the handshake on the client side.
+    let other = tempfile::tempdir()?;
+    certificates(other.path(), "Some other CA")?;
+    let url = format!(
+        "{} sslmode=verify-ca sslrootcert={}",
+        s.url(u, p, "app"),
+        other.path().join("ca.pem").display()
+    );
+    let (ok, _, err) = psql(&pg, &url, &["-c", "SELECT 1"], None)?;
+    assert!(!ok && err.contains("certificate verify failed"), "{err}");
+
+    // Other clients are unaffected by the failures above.
+    let (ok, out, _) = psql(
+        &pg,
+        &format!("{} sslmode=require", s.url(u, p, "app")),
+        &["-Atc", "SELECT 1"],
+        None,
+    )?;
+    assert!(ok && out.trim() == "1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_serves_both_and_disable_declines_tls() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let s = Sluice::start(&pg, &tls_settings(certs.path(), "prefer"), "")?;
+    let (u, p) = SCRAM_USER;
+    let verify = format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        s.url(u, p, "app"),
+        certs.path().join("ca.pem").display()
+    );
+    let (ok, out, err) = psql(&pg, &verify, &["-Atc", "SELECT 1"], None)?;
+    assert!(ok && out.trim() == "1", "{err}");
+    connect(&s.url(u, p, "app")).await?.batch_execute("SELECT 1").await?;
+    drop(s);
+
+    let s = Sluice::start(&pg, &tls_settings(certs.path(), "disable"), "")?;
+    let (ok, _, err) = psql(
+        &pg,
+        &format!("{} sslmode=require", s.url(u, p, "app")),
+        &["-c", "SELECT 1"],
+        None,
+    )?;
+    assert!(!ok && err.contains("server does not support SSL"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_missing_key_file_is_a_config_error_naming_it() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    std::fs::remove_file(certs.path().join("server.key"))?;
+    let started = Sluice::start(&pg, &tls_settings(certs.path(), "require"), "");
+    let Err(e) = started else {
+        anyhow::bail!("Sluice started without its key file");
+    };
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("client_tls_key_file") && text.contains("server.key"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// RELOAD re-reads the certificate and key: new logins get the new certificate, and a
+/// TLS session opened before goes on untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rereads_certificates_without_dropping_tls_sessions() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "First CA")?;
+    let first_ca = certs.path().join("first-ca.pem");
+    std::fs::copy(certs.path().join("ca.pem"), &first_ca)?;
+    let s = Sluice::start(&pg, &tls_settings(certs.path(), "require"), "")?;
+    let (u, p) = SCRAM_USER;
+    let verified_by = |ca: &Path| {
+        format!(
+            "{} sslmode=verify-full sslrootcert={}",
+            s.url(u, p, "app"),
+            ca.display()
+        )
+    };
+
+    // A session that stays open across the reload: psql reading from a pipe.
+    let mut open = Command::new(pg.bin("psql"))
+        .args(["-X", "-At", &verified_by(&first_ca)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut to_psql = open.stdin.take().ok_or_else(|| anyhow::anyhow!("psql stdin"))?;
+    let mut from_psql = BufReader::new(open.stdout.take().ok_or_else(|| anyhow::anyhow!("psql stdout"))?);
+    writeln!(to_psql, "SELECT 'before';")?;
+    let mut line = String::new();
+    from_psql.read_line(&mut line)?;
+    assert_eq!(line.trim(), "before");
+
+    // New certificate files under the same names, then SIGHUP.
+    certificates(certs.path(), "Second CA")?;
+    s.signal("HUP")?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (ok, out, err) = psql(
+        &pg,
+        &verified_by(&certs.path().join("ca.pem")),
+        &["-Atc", "SELECT 1"],
+        None,
+    )?;
+    assert!(
+        ok && out.trim() == "1",
+        "a new login sees the new certificate: {err}\n{}",
+        s.log()
+    );
+    let (ok, _, _) = psql(&pg, &verified_by(&first_ca), &["-Atc", "SELECT 1"], None)?;
+    assert!(!ok, "the old certificate is no longer served");
+
+    writeln!(to_psql, "SELECT 'after';")?;
+    line.clear();
+    from_psql.read_line(&mut line)?;
+    assert_eq!(line.trim(), "after", "the TLS session opened before the reload goes on");
+    drop(to_psql);
+    assert!(open.wait()?.success());
+    Ok(())
+}
+
+/// verify-ca: a client must show a certificate signed by client_tls_ca_file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let other = tempfile::tempdir()?;
+    certificates(other.path(), "Some other CA")?;
+    let settings = format!(
+        "{}\nclient_tls_ca_file = \"{}\"",
+        tls_settings(certs.path(), "verify-ca"),
+        certs.path().join("ca.pem").display()
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let (u, p) = SCRAM_USER;
+    let with_cert = |dir: &Path| {
+        format!(
+            "{} sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            s.url(u, p, "app"),
+            certs.path().join("ca.pem").display(),
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        )
+    };
+    let (ok, out, err) = psql(&pg, &with_cert(certs.path()), &["-Atc", "SELECT 1"], None)?;
+    assert!(ok && out.trim() == "1", "{err}\n{}", s.log());
+    let (ok, _, err) = psql(&pg, &with_cert(other.path()), &["-Atc", "SELECT 1"], None)?;
+    assert!(!ok, "a client certificate from another CA is refused: {err}");
+    let no_cert = format!(
+        "{} sslmode=verify-full sslrootcert={}",
+        s.url(u, p, "app"),
+        certs.path().join("ca.pem").display()
+    );
+    let (ok, _, err) = psql(&pg, &no_cert, &["-Atc", "SELECT 1"], None)?;
+    assert!(!ok, "no client certificate is refused: {err}");
+    assert!(s.log().contains("TLS handshake failed"), "{}", s.log());
+    Ok(())
+}
