@@ -1,5 +1,7 @@
-//! TLS to clients (docs/configuration.md, client_tls_*): certificates generated here,
-//! a real psql verifying them, and PgBouncer's refusal of plaintext under `require`.
+//! TLS (docs/configuration.md, client_tls_* and server_tls_*): certificates generated
+//! here, a real psql verifying Sluice's, PgBouncer's refusal of plaintext under
+//! `require`, and a real PostgreSQL with `ssl = on` that only takes TLS logins with a
+//! client certificate.
 
 mod support;
 
@@ -9,15 +11,21 @@ use anyhow::Result;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use support::*;
 
-/// A CA, and a server certificate it signed for 127.0.0.1 / localhost, as PEM files in
-/// `dir`: ca.pem, server.pem, server.key. The CA is named `ca_name`.
+/// A CA named `ca_name`, a server certificate it signed for 127.0.0.1 / localhost and
+/// a client certificate for scram_user, as PEM files in `dir`: ca.pem, server.pem,
+/// server.key, client.pem, client.key.
 fn certificates(dir: &Path, ca_name: &str) -> Result<()> {
+    certificates_for(dir, ca_name, &["127.0.0.1", "localhost"])
+}
+
+/// [`certificates`] with the server certificate valid for `names` only.
+fn certificates_for(dir: &Path, ca_name: &str, names: &[&str]) -> Result<()> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, ca_name);
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    let mut server = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
     let server = server.signed_by(&key, &ca)?;
     std::fs::write(dir.join("ca.pem"), ca.pem())?;
@@ -241,5 +249,127 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
     let (ok, _, err) = psql(&pg, &no_cert, &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "no client certificate is refused: {err}");
     assert!(s.log().contains("TLS handshake failed"), "{}", s.log());
+    Ok(())
+}
+
+/// A PostgreSQL that takes scram_user only over TLS and with a client certificate
+/// from the test CA (`clientcert=verify-full`); its own certificate is for 127.0.0.1.
+fn postgres_with_tls(certs: &Path) -> Result<sluice_embedded_pg::EmbeddedPg> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(certs, std::fs::Permissions::from_mode(0o755))?;
+    let key = certs.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    sluice_embedded_pg::give_to_server_account(&key)?;
+    postgres_with(sluice_embedded_pg::PgOptions {
+        hba: vec![
+            "host all postgres 127.0.0.1/32 trust".into(),
+            "hostssl all scram_user 127.0.0.1/32 scram-sha-256 clientcert=verify-full".into(),
+        ],
+        conf: vec![
+            "ssl = on".into(),
+            format!("ssl_cert_file = '{}'", certs.join("server.pem").display()),
+            format!("ssl_key_file = '{}'", key.display()),
+            format!("ssl_ca_file = '{}'", certs.join("ca.pem").display()),
+        ],
+    })
+}
+
+fn server_tls_settings(certs: &Path, mode: &str, client_cert: bool) -> String {
+    let mut s = format!(
+        "auth_type = \"scram-sha-256\"\npool_mode = \"transaction\"\nserver_tls_sslmode = \"{mode}\"\nserver_tls_ca_file = \"{}\"",
+        certs.join("ca.pem").display()
+    );
+    if client_cert {
+        s += &format!(
+            "\nserver_tls_cert_file = \"{}\"\nserver_tls_key_file = \"{}\"",
+            certs.join("client.pem").display(),
+            certs.join("client.key").display()
+        );
+    }
+    s
+}
+
+/// Logs in and runs one query: Sluice takes a server for the first query, not at login.
+async fn first_query(url: &str) -> Result<(), tokio_postgres::Error> {
+    connect(url).await?.batch_execute("SELECT 1").await
+}
+
+/// The server by name: its certificate is for 127.0.0.1 only.
+fn by_name(pg: &sluice_embedded_pg::EmbeddedPg) -> String {
+    format!(
+        "[databases.byname]\nhost = \"localhost\"\nport = {}\ndbname = \"app\"\n",
+        pg.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_verifies_postgres_and_shows_a_client_certificate() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    certificates_for(certs.path(), "Sluice test CA", &["127.0.0.1"])?;
+    let pg = postgres_with_tls(certs.path())?;
+    let (u, p) = SCRAM_USER;
+    let on_tls = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+    // verify-full: chain and host name checked, client certificate shown.
+    let s = Sluice::start(
+        &pg,
+        &server_tls_settings(certs.path(), "verify-full", true),
+        &by_name(&pg),
+    )?;
+    let c = connect(&s.url(u, p, "app")).await?;
+    assert!(
+        c.query_one(on_tls, &[]).await?.get::<_, bool>(0),
+        "the server link is TLS"
+    );
+    // The certificate names 127.0.0.1, not localhost: refused, and the client is told.
+    let e = refused(
+        first_query(&s.url(u, p, "byname")).await,
+        "verify-full with the wrong host name",
+    );
+    let (_, msg) = db_error(&e);
+    assert!(
+        msg.contains("TLS handshake failed") && msg.contains("not valid for name"),
+        "{msg}"
+    );
+    drop(s);
+
+    // verify-ca checks the chain only: the same server by name is fine.
+    let s = Sluice::start(
+        &pg,
+        &server_tls_settings(certs.path(), "verify-ca", true),
+        &by_name(&pg),
+    )?;
+    let c = connect(&s.url(u, p, "byname")).await?;
+    assert!(c.query_one(on_tls, &[]).await?.get::<_, bool>(0));
+    drop(s);
+
+    // Without the client certificate PostgreSQL refuses the login (clientcert).
+    let s = Sluice::start(&pg, &server_tls_settings(certs.path(), "require", false), "")?;
+    let e = refused(
+        first_query(&s.url(u, p, "app")).await,
+        "no client certificate for the server",
+    );
+    let (_, msg) = db_error(&e);
+    assert!(msg.contains("certificate"), "{msg}");
+    drop(s);
+
+    // Plaintext is refused by this server's pg_hba (hostssl only).
+    let s = Sluice::start(&pg, &server_tls_settings(certs.path(), "disable", true), "")?;
+    refused(
+        first_query(&s.url(u, p, "app")).await,
+        "plaintext to a hostssl-only server",
+    );
+
+    // A CA that did not sign the server's certificate fails verify-ca.
+    let other = tempfile::tempdir()?;
+    certificates(other.path(), "Some other CA")?;
+    let settings = server_tls_settings(certs.path(), "verify-ca", true).replace(
+        &certs.path().join("ca.pem").display().to_string(),
+        &other.path().join("ca.pem").display().to_string(),
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let e = refused(first_query(&s.url(u, p, "app")).await, "an unknown CA");
+    let (_, msg) = db_error(&e);
+    assert!(msg.contains("TLS handshake failed"), "{msg}");
     Ok(())
 }

@@ -19,7 +19,7 @@ pub const TRUST_USER: (&str, &str) = ("trust_user", "trust_pw");
 
 /// A PostgreSQL with the four users, databases `app` and `app2`, and a table `items`.
 pub fn postgres() -> Result<EmbeddedPg> {
-    let pg = EmbeddedPg::start(PgOptions {
+    postgres_with(PgOptions {
         hba: vec![
             "host all postgres 127.0.0.1/32 trust".into(),
             "host all trust_user 127.0.0.1/32 trust".into(),
@@ -28,7 +28,12 @@ pub fn postgres() -> Result<EmbeddedPg> {
             "host all all 127.0.0.1/32 scram-sha-256".into(),
         ],
         conf: vec![],
-    })?;
+    })
+}
+
+/// [`postgres`] with other pg_hba.conf lines and postgresql.conf settings.
+pub fn postgres_with(options: PgOptions) -> Result<EmbeddedPg> {
+    let pg = EmbeddedPg::start(options)?;
     pg.psql("postgres", "CREATE ROLE scram_user LOGIN PASSWORD 'scram_pw'")?;
     pg.psql(
         "postgres",

@@ -188,6 +188,7 @@ impl Current {
             password,
             params,
             tcp_keepalive: c.tcp_keepalive,
+            tls: self.loaded.server_tls.clone(),
         };
         let size = entry
             .pool_size
@@ -365,6 +366,9 @@ impl App {
         loaded.lanes = config::lanes::build(&loaded.config)?;
         if key.starts_with("client_tls") {
             loaded.client_tls = crate::tls::client(&loaded.config, &loaded.path)?;
+        }
+        if key.starts_with("server_tls") {
+            loaded.server_tls = crate::tls::server(&loaded.config, &loaded.path)?;
         }
         self.apply(&loaded);
         Ok(())

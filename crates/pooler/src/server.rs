@@ -32,6 +32,43 @@ pub struct ServerTarget {
     /// Extra startup parameters (application_name, client_encoding, ...).
     pub params: Vec<(String, String)>,
     pub tcp_keepalive: bool,
+    /// TLS to this server (None: plaintext).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+}
+
+/// Asks the server for TLS (SSLRequest) and does the handshake if it agrees; a server
+/// that declines is used in plaintext unless `server_tls_sslmode` requires TLS.
+async fn start_tls(
+    t: &ServerTarget,
+    mut tcp: TcpStream,
+    tls: &crate::tls::ServerTls,
+) -> Result<(ReadHalf, WriteHalf), ConnectError> {
+    use tokio::io::AsyncReadExt;
+    let failed = |reason: String| ConnectError::Io {
+        addr: t.describe(),
+        reason,
+    };
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8u32.to_be_bytes());
+    request[4..].copy_from_slice(&sluice_wire::startup::SSL_REQUEST_CODE.to_be_bytes());
+    tcp.write_all(&request).await.map_err(|e| failed(e.to_string()))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(|e| failed(e.to_string()))?;
+    match answer[0] {
+        b'S' => {
+            let session = tls
+                .connect(&t.host, tcp)
+                .await
+                .map_err(|e| failed(format!("TLS handshake failed: {e}")))?;
+            Ok(crate::stream::split_tls(session.into()))
+        }
+        b'N' if !tls.required() => Ok(Stream::Tcp(tcp).into_split()),
+        b'N' => Err(failed(format!(
+            "the server does not accept TLS, and server_tls_sslmode = {} requires it",
+            tls.mode
+        ))),
+        other => Err(failed(format!("unexpected answer {other:#x} to SSLRequest"))),
+    }
 }
 
 impl ServerTarget {
@@ -181,7 +218,10 @@ impl ServerConn {
             Stream::Tcp(s)
         };
         let endpoints = stream.endpoints();
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = match (stream, &t.tls) {
+            (Stream::Tcp(tcp), Some(tls)) => start_tls(t, tcp, tls).await?,
+            (stream, _) => stream.into_split(),
+        };
 
         let mut out = BytesMut::with_capacity(256);
         let mut params: Vec<(&str, &str)> = vec![("user", &t.user), ("database", &t.dbname)];

@@ -28,13 +28,14 @@ impl Stream {
     }
 }
 
-/// A client's TLS session over TCP.
-type ClientTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// A TLS session over TCP: with a client (Sluice is the TLS server) or with
+/// PostgreSQL (Sluice is the TLS client).
+type TlsStream = tokio_rustls::TlsStream<TcpStream>;
 
 pub enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<ClientTlsStream>),
+    Tls(tokio::io::ReadHalf<TlsStream>),
     /// Between the halves being taken for a TLS handshake and its result.
     Detached,
 }
@@ -42,7 +43,7 @@ pub enum ReadHalf {
 pub enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<ClientTlsStream>),
+    Tls(tokio::io::WriteHalf<TlsStream>),
     Detached,
 }
 
@@ -65,8 +66,13 @@ pub async fn accept_tls(
     };
     let tcp = r.reunite(w).map_err(|e| io::Error::other(e.to_string()))?;
     let tls = acceptor.accept(tcp).await?;
+    Ok(split_tls(tls.into()))
+}
+
+/// The halves of a TLS session (they share it behind a lock only TLS needs).
+pub fn split_tls(tls: TlsStream) -> (ReadHalf, WriteHalf) {
     let (r, w) = tokio::io::split(tls);
-    Ok((ReadHalf::Tls(r), WriteHalf::Tls(w)))
+    (ReadHalf::Tls(r), WriteHalf::Tls(w))
 }
 
 impl ReadHalf {

@@ -96,3 +96,216 @@ pub fn client(config: &Config, config_path: &Path) -> Result<Option<Arc<ClientTl
         acceptor: TlsAcceptor::from(Arc::new(server)),
     })))
 }
+
+/// TLS to PostgreSQL: PgBouncer's `server_tls_*` settings turned into a connector.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub mode: TlsMode,
+    pub connector: tokio_rustls::TlsConnector,
+    /// The settings and file contents this was built from: two builds from the same
+    /// files are equal, so a reload that changes nothing keeps the pools' servers.
+    identity: u64,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode && self.identity == other.identity
+    }
+}
+
+impl ServerTls {
+    /// A server answering 'N' to the SSLRequest is refused (else plaintext is used).
+    pub fn required(&self) -> bool {
+        self.mode >= TlsMode::Require
+    }
+
+    /// Does the handshake on `tcp` for `host` (SNI for names; verify-full checks it).
+    pub async fn connect(
+        &self,
+        host: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("server name {host}: {e}")))?;
+        self.connector.connect(name, tcp).await
+    }
+}
+
+/// The connector for `config`, or None with `server_tls_sslmode = disable`.
+/// `require` and weaker encrypt without checking the certificate (as libpq and
+/// PgBouncer do); `verify-ca` checks the chain against `server_tls_ca_file`;
+/// `verify-full` also the host name.
+pub fn server(config: &Config, config_path: &Path) -> Result<Option<Arc<ServerTls>>, String> {
+    use std::hash::{Hash, Hasher};
+    let mode = config.server_tls_sslmode;
+    if mode == TlsMode::Disable {
+        return Ok(None);
+    }
+    let mut identity = std::collections::hash_map::DefaultHasher::new();
+    mode.hash(&mut identity);
+    let mut read = |key: &str, name: &Option<String>| -> Result<Option<std::path::PathBuf>, String> {
+        let Some(name) = name.as_deref().filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        let path = resolve(config_path, name);
+        let bytes = std::fs::read(&path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        bytes.hash(&mut identity);
+        Ok(Some(path))
+    };
+    let ca_file = read("server_tls_ca_file", &config.server_tls_ca_file)?;
+    let cert_file = read("server_tls_cert_file", &config.server_tls_cert_file)?;
+    let key_file = read("server_tls_key_file", &config.server_tls_key_file)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS protocol versions: {e}"))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if mode >= TlsMode::VerifyCa {
+        let ca_file = ca_file.ok_or_else(|| format!("server_tls_sslmode = {mode} needs server_tls_ca_file"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(&ca_file)
+            .map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?
+        {
+            let ca = ca.map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?;
+            roots
+                .add(ca)
+                .map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?;
+        }
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?;
+        if mode == TlsMode::VerifyFull {
+            webpki
+        } else {
+            Arc::new(verify::ChainOnly(webpki))
+        }
+    } else {
+        Arc::new(verify::EncryptOnly(provider))
+    };
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+    let client = match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let certs = CertificateDer::pem_file_iter(&cert_file)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("server_tls_cert_file {}: {e}", cert_file.display()))?;
+            let key = PrivateKeyDer::from_pem_file(&key_file)
+                .map_err(|e| format!("server_tls_key_file {}: {e}", key_file.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("server_tls_cert_file / server_tls_key_file do not make a pair: {e}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("server_tls_cert_file and server_tls_key_file go together".into()),
+    };
+    Ok(Some(Arc::new(ServerTls {
+        mode,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        identity: identity.finish(),
+    })))
+}
+
+/// The two certificate checks weaker than rustls' own (which is `verify-full`).
+mod verify {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+
+    /// `require` / `prefer` / `allow`: encryption, no certificate check (libpq's and
+    /// PgBouncer's meaning). The handshake's signatures are still verified.
+    #[derive(Debug)]
+    pub struct EncryptOnly(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for EncryptOnly {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// `verify-ca`: the chain must lead to the CA; the host name is not checked.
+    #[derive(Debug)]
+    pub struct ChainOnly(pub Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            match self
+                .0
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+}

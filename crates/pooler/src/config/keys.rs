@@ -113,6 +113,10 @@ pub const SETTINGS: &[&str] = &[
 
 /// Settings Sluice acts on today. The rest of [`SETTINGS`] is accepted and ignored.
 pub const IMPLEMENTED: &[&str] = &[
+    "server_tls_sslmode",
+    "server_tls_ca_file",
+    "server_tls_cert_file",
+    "server_tls_key_file",
     "client_tls_sslmode",
     "client_tls_key_file",
     "client_tls_cert_file",

@@ -49,7 +49,7 @@ impl fmt::Display for PoolMode {
 }
 
 /// PgBouncer's `client_tls_sslmode` / `server_tls_sslmode`, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     #[default]
@@ -171,6 +171,14 @@ pub struct Config {
     pub client_tls_key_file: Option<String>,
     pub client_tls_cert_file: Option<String>,
     pub client_tls_ca_file: Option<String>,
+    /// TLS to PostgreSQL: `allow`/`prefer` use it when the server offers it,
+    /// `require` insists (no certificate check), `verify-ca` checks the chain against
+    /// `server_tls_ca_file`, `verify-full` also the host name.
+    pub server_tls_sslmode: TlsMode,
+    pub server_tls_ca_file: Option<String>,
+    /// A client certificate for the server (both or neither).
+    pub server_tls_cert_file: Option<String>,
+    pub server_tls_key_file: Option<String>,
     pub admin_users: String,
     pub stats_users: String,
     pub log_connections: bool,
@@ -249,6 +257,10 @@ impl Default for Config {
             client_tls_key_file: None,
             client_tls_cert_file: None,
             client_tls_ca_file: None,
+            server_tls_sslmode: TlsMode::Disable,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
             admin_users: String::new(),
             stats_users: String::new(),
             log_connections: true,
@@ -435,6 +447,8 @@ pub struct Loaded {
     pub lanes: Arc<crate::overload::LaneSet>,
     /// TLS to clients (None: `client_tls_sslmode = disable`), certificates read at load.
     pub client_tls: Option<Arc<crate::tls::ClientTls>>,
+    /// TLS to PostgreSQL (None: `server_tls_sslmode = disable`).
+    pub server_tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Where a config comes from: the file, and the environment that overrides it.
@@ -522,6 +536,10 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         file: path.to_path_buf(),
         message,
     })?;
+    let server_tls = crate::tls::server(&config, path).map_err(|message| ConfigError::File {
+        file: path.to_path_buf(),
+        message,
+    })?;
 
     let ignored = raw
         .settings
@@ -554,6 +572,7 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         warnings: overlay.warnings,
         lanes,
         client_tls,
+        server_tls,
     })
 }
 
