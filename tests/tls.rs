@@ -42,12 +42,19 @@ fn certificates_for(dir: &Path, ca_name: &str, names: &[&str]) -> Result<()> {
         dir.join("client.key"),
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
+    // The same client, with a certificate that expired in 2021.
+    let mut expired = CertificateParams::new(Vec::<String>::new())?;
+    expired.distinguished_name.push(DnType::CommonName, SCRAM_USER.0);
+    expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    expired.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = expired.signed_by(&client_key, &ca)?;
+    std::fs::write(dir.join("expired.pem"), expired.pem())?;
     Ok(())
 }
 
 fn tls_settings(dir: &Path, mode: &str) -> String {
     format!(
-        "auth_type = \"scram-sha-256\"\npool_mode = \"transaction\"\nclient_tls_sslmode = \"{mode}\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
+        "auth_type = \"scram-sha-256\"\npool_mode = \"transaction\"\nadmin_users = \"scram_user\"\nclient_tls_sslmode = \"{mode}\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
         dir.join("server.pem").display(),
         dir.join("server.key").display()
     )
@@ -71,6 +78,11 @@ async fn require_serves_tls_clients_and_refuses_plaintext_with_pgbouncers_error(
     );
     let (ok, out, err) = psql(&pg, &url, &["-Atc", "SELECT 6 * 7"], None)?;
     assert!(ok && out.trim() == "42", "psql over TLS: {out} {err}\n{}", s.log());
+    // SHOW CLIENTS' tls column, as PgBouncer fills it (the console's own client).
+    let console = url.replace("dbname=app", "dbname=pgbouncer");
+    let (ok, out, err) = psql(&pg, &console, &["-Atc", "SHOW CLIENTS"], None)?;
+    assert!(ok && out.contains("|TLSv1.3/TLS_AES_"), "{out}{err}");
+    assert!(out.contains("/ECDH="), "{out}");
 
     // Plaintext is refused with PgBouncer's text; the login never reaches a password.
     let (ok, _, err) = psql(
@@ -93,6 +105,11 @@ async fn require_serves_tls_clients_and_refuses_plaintext_with_pgbouncers_error(
     );
     let (ok, _, err) = psql(&pg, &url, &["-c", "SELECT 1"], None)?;
     assert!(!ok && err.contains("certificate verify failed"), "{err}");
+
+    // A wrong password over TLS is PostgreSQL's error, as without TLS.
+    let wrong = format!("{} sslmode=require", s.url(u, "wrong", "app"));
+    let (ok, _, err) = psql(&pg, &wrong, &["-c", "SELECT 1"], None)?;
+    assert!(!ok && err.contains("password authentication failed for user"), "{err}");
 
     // Other clients are unaffected by the failures above.
     let (ok, out, _) = psql(
@@ -241,6 +258,15 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
     assert!(ok && out.trim() == "1", "{err}\n{}", s.log());
     let (ok, _, err) = psql(&pg, &with_cert(other.path()), &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "a client certificate from another CA is refused: {err}");
+    assert!(logged(&s, "UnknownIssuer"), "the log names the cause:\n{}", s.log());
+    let expired = with_cert(certs.path()).replace("client.pem", "expired.pem");
+    let (ok, _, err) = psql(&pg, &expired, &["-Atc", "SELECT 1"], None)?;
+    assert!(!ok, "an expired client certificate is refused: {err}");
+    assert!(
+        logged(&s, "certificate expired"),
+        "the log names the cause:\n{}",
+        s.log()
+    );
     let no_cert = format!(
         "{} sslmode=verify-full sslrootcert={}",
         s.url(u, p, "app"),
@@ -248,7 +274,7 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
     );
     let (ok, _, err) = psql(&pg, &no_cert, &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "no client certificate is refused: {err}");
-    assert!(s.log().contains("TLS handshake failed"), "{}", s.log());
+    assert!(logged(&s, "TLS handshake failed"), "{}", s.log());
     Ok(())
 }
 
@@ -287,6 +313,19 @@ fn server_tls_settings(certs: &Path, mode: &str, client_cert: bool) -> String {
         );
     }
     s
+}
+
+/// Waits up to 3 s for `needle` in Sluice's log: a client can see a failed handshake
+/// before Sluice has written its line about it.
+fn logged(s: &Sluice, needle: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !s.log().contains(needle) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
 }
 
 /// Logs in and runs one query: Sluice takes a server for the first query, not at login.
@@ -371,5 +410,57 @@ async fn server_tls_verifies_postgres_and_shows_a_client_certificate() -> Result
     let e = refused(first_query(&s.url(u, p, "app")).await, "an unknown CA");
     let (_, msg) = db_error(&e);
     assert!(msg.contains("TLS handshake failed"), "{msg}");
+    Ok(())
+}
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): the client starts with a TLS
+/// ClientHello instead of an SSLRequest and must agree on ALPN "postgresql".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_is_accepted_with_alpn_postgresql() -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let s = Sluice::start(&pg, &tls_settings(certs.path(), "require"), "")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(
+        certs.path().join("ca.pem"),
+    )?)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    // The first message after a handshake with (or without) ALPN.
+    let first_message = |alpn: Vec<Vec<u8>>| {
+        let (roots, provider) = (roots.clone(), provider.clone());
+        async move {
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = alpn;
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await?;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+            let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, tcp)
+                .await?;
+            let (u, _) = SCRAM_USER;
+            tls.write_all(&startup_packet(196608, &[("user", u), ("database", "app")]))
+                .await?;
+            let mut header = [0u8; 5];
+            tls.read_exact(&mut header).await?;
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let mut body = vec![0u8; len.saturating_sub(4)];
+            tls.read_exact(&mut body).await?;
+            anyhow::Ok((header[0], body))
+        }
+    };
+    let (tag, _) = first_message(vec![b"postgresql".to_vec()]).await?;
+    assert_eq!(tag, b'R', "an authentication request: the login goes on over TLS");
+    let (tag, body) = first_message(vec![]).await?;
+    assert_eq!(tag, b'E');
+    assert!(
+        error_field(&body, b'M').contains("without ALPN"),
+        "{}",
+        error_field(&body, b'M')
+    );
     Ok(())
 }

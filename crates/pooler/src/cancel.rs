@@ -58,6 +58,8 @@ pub struct ClientLogin {
     pub application_name: String,
     /// None for the admin console.
     pub pool: Option<Arc<Pool>>,
+    /// TLS protocol/cipher/key exchange; empty in plaintext.
+    pub tls: String,
 }
 
 /// What SHOW CLIENTS shows of one client.
@@ -75,6 +77,7 @@ pub struct ClientRow {
     /// The server it is linked to.
     pub server_id: Option<u64>,
     pub pool: Option<Arc<Pool>>,
+    pub tls: String,
 }
 
 /// Ends a session from outside (KILL, KILL_CLIENT): a flag and the session's waker.
@@ -210,6 +213,7 @@ impl ClientLink {
             waiting,
             server_id: (state != "idle" && state != "waiting" && server_id != 0).then_some(server_id),
             pool: login.pool.clone(),
+            tls: login.tls.clone(),
         })
     }
 }

@@ -51,13 +51,21 @@ fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection detached for a TLS handshake")
 }
 
-/// Does the TLS handshake on a TCP connection whose SSLRequest was answered 'S' and
-/// returns the encrypted halves. The halves must be plain TCP.
+/// What a TLS handshake agreed on.
+pub struct TlsInfo {
+    pub alpn: Option<Vec<u8>>,
+    /// As PgBouncer shows it in SHOW CLIENTS: `TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519`.
+    pub description: String,
+}
+
+/// Does the TLS handshake on a TCP connection (after an SSLRequest answered 'S', or
+/// at once for direct TLS) and returns the encrypted halves and what was agreed. The
+/// halves must be plain TCP.
 pub async fn accept_tls(
     rd: ReadHalf,
     wr: WriteHalf,
     acceptor: &tokio_rustls::TlsAcceptor,
-) -> io::Result<(ReadHalf, WriteHalf)> {
+) -> io::Result<(ReadHalf, WriteHalf, TlsInfo)> {
     let (ReadHalf::Tcp(r), WriteHalf::Tcp(w)) = (rd, wr) else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -66,7 +74,36 @@ pub async fn accept_tls(
     };
     let tcp = r.reunite(w).map_err(|e| io::Error::other(e.to_string()))?;
     let tls = acceptor.accept(tcp).await?;
-    Ok(split_tls(tls.into()))
+    let session = tls.get_ref().1;
+    let version = session
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS")
+        .replace('_', ".");
+    let suite = session
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("")
+        .replace("TLS13_", "TLS_");
+    let group = session
+        .negotiated_key_exchange_group()
+        .and_then(|g| g.name().as_str())
+        .unwrap_or("");
+    let info = TlsInfo {
+        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+        description: format!("{version}/{suite}/ECDH={group}"),
+    };
+    let (rd, wr) = split_tls(tls.into());
+    Ok((rd, wr, info))
+}
+
+/// True when a TCP client's first byte opens a TLS handshake (0x16): PostgreSQL 17's
+/// direct TLS (`sslnegotiation=direct`), which sends no SSLRequest. Only peeks.
+pub async fn starts_with_tls_handshake(rd: &ReadHalf) -> bool {
+    let ReadHalf::Tcp(r) = rd else { return false };
+    let mut first = [0u8; 1];
+    // OwnedReadHalf::peek needs &mut; the underlying socket's peek does not.
+    matches!(r.as_ref().peek(&mut first).await, Ok(1) if first[0] == 0x16)
 }
 
 /// The halves of a TLS session (they share it behind a lock only TLS needs).

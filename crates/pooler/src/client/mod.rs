@@ -34,6 +34,8 @@ pub struct ClientConn {
     /// Bytes read from the client and not yet forwarded.
     pub buf: BytesMut,
     pub scan: Scanner,
+    /// The TLS session's protocol, cipher and key exchange; None in plaintext.
+    pub tls: Option<String>,
 }
 
 /// Counts the client against max_client_conn while it is connected.
@@ -75,6 +77,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             wr,
             buf: BytesMut::with_capacity(4096),
             scan: Scanner::new(current.config.max_packet_size, 64 * 1024),
+            tls: None,
         };
         let registration = app.cancels.register(id, endpoints);
         let login = login(&app, &mut client, connected, &registration);
@@ -184,6 +187,7 @@ async fn login(
             user: user.to_owned(),
             application_name: app_name,
             pool: None,
+            tls: client.tls.clone().unwrap_or_default(),
         });
         crate::admin::welcome(client, (cancel_pid, cancel_key)).await?;
         return Ok(Some(LoggedIn::Admin(role)));
@@ -241,6 +245,7 @@ async fn login(
         user: user.to_owned(),
         application_name: desired.get("application_name").unwrap_or_default().to_owned(),
         pool: Some(Arc::clone(&route.pool)),
+        tls: client.tls.clone().unwrap_or_default(),
     });
     Ok(Some(LoggedIn::Pool(route, SessionState::new(desired, sets))))
 }

@@ -24,6 +24,12 @@ pub const CLOSED_BEFORE_STARTUP: &str = "client closed the connection during sta
 pub async fn read(client: &mut ClientConn, tls: Option<&ClientTls>) -> Result<Startup, ClientError> {
     let mut ssl_answered = false;
     let mut gss_answered = false;
+    if let Some(tls) = tls {
+        if crate::stream::starts_with_tls_handshake(&client.rd).await {
+            handshake(client, tls, true).await?;
+            ssl_answered = true;
+        }
+    }
     loop {
         let payload = read_packet(client).await?;
         match startup::parse(&payload) {
@@ -36,7 +42,10 @@ pub async fn read(client: &mut ClientConn, tls: Option<&ClientTls>) -> Result<St
                 }
                 // TLS over TCP only: a Unix socket is declined, as PgBouncer does.
                 match tls.filter(|_| matches!(client.rd, ReadHalf::Tcp(_))) {
-                    Some(tls) => start_tls(client, tls).await?,
+                    Some(tls) => {
+                        write(client, b"S").await?;
+                        handshake(client, tls, false).await?;
+                    }
                     None => write(client, b"N").await?,
                 }
             }
@@ -64,17 +73,24 @@ pub async fn read(client: &mut ClientConn, tls: Option<&ClientTls>) -> Result<St
     }
 }
 
-/// Answers 'S' and does the handshake; the client's halves become the TLS ones.
-async fn start_tls(client: &mut ClientConn, tls: &ClientTls) -> Result<(), ClientError> {
-    write(client, b"S").await?;
+/// Does the TLS handshake; the client's halves become the TLS ones. Direct TLS must
+/// agree on ALPN "postgresql", as PostgreSQL 17 requires (it is how a client shows
+/// it meant to speak PostgreSQL to this port).
+async fn handshake(client: &mut ClientConn, tls: &ClientTls, direct: bool) -> Result<(), ClientError> {
     let rd = std::mem::replace(&mut client.rd, ReadHalf::Detached);
     let wr = std::mem::replace(&mut client.wr, WriteHalf::Detached);
-    let (rd, wr) = crate::stream::accept_tls(rd, wr, &tls.acceptor)
+    let (rd, wr, info) = crate::stream::accept_tls(rd, wr, &tls.acceptor)
         .await
         .map_err(|e| ClientError::protocol(format!("TLS handshake failed: {e}")))?;
     client.rd = rd;
     client.wr = wr;
-    tracing::debug!("TLS established");
+    client.tls = Some(info.description);
+    if direct && info.alpn.as_deref() != Some(b"postgresql".as_slice()) {
+        return Err(ClientError::protocol(
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        ));
+    }
+    tracing::debug!(direct, "TLS established");
     Ok(())
 }
 

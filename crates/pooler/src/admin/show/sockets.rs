@@ -77,7 +77,7 @@ pub fn client_row(c: &ClientRow, state: &str, debug: bool) -> Vec<Cell> {
         ptr(false, c.id).into(),
         c.server_id.map(|s| ptr(true, s)).unwrap_or_default().into(),
         Cell::Int(0),
-        "".into(),
+        c.tls.as_str().into(),
         c.application_name.as_str().into(),
         Cell::Int(0),
         c.id.into(),
