@@ -464,3 +464,23 @@ async fn direct_tls_is_accepted_with_alpn_postgresql() -> Result<()> {
     );
     Ok(())
 }
+
+/// A TLS server that PostgreSQL closed while it sat idle is noticed before it is lent
+/// (the peer-closed bit of a duplicate descriptor), so the next client gets a fresh
+/// one instead of an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_server_closed_by_postgres_is_replaced_unseen() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    certificates_for(certs.path(), "Sluice test CA", &["127.0.0.1"])?;
+    let pg = postgres_with_tls(certs.path())?;
+    let (u, p) = SCRAM_USER;
+    let s = Sluice::start(&pg, &server_tls_settings(certs.path(), "verify-full", true), "")?;
+    let c = connect(&s.url(u, p, "app")).await?;
+    let pid = |row: tokio_postgres::Row| row.get::<_, i32>(0);
+    let first = pid(c.query_one("SELECT pg_backend_pid()", &[]).await?);
+    pg.psql("postgres", &format!("SELECT pg_terminate_backend({first})"))?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = pid(c.query_one("SELECT pg_backend_pid()", &[]).await?);
+    assert_ne!(first, second, "a new server");
+    Ok(())
+}

@@ -35,7 +35,9 @@ type TlsStream = tokio_rustls::TlsStream<TcpStream>;
 pub enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream>),
+    /// The TLS reader, and a duplicate of its socket's descriptor registered only to
+    /// see the peer close (the reader itself cannot be asked without reading).
+    Tls(tokio::io::ReadHalf<TlsStream>, Option<TcpStream>),
     /// Between the halves being taken for a TLS handshake and its result.
     Detached,
 }
@@ -108,8 +110,19 @@ pub async fn starts_with_tls_handshake(rd: &ReadHalf) -> bool {
 
 /// The halves of a TLS session (they share it behind a lock only TLS needs).
 pub fn split_tls(tls: TlsStream) -> (ReadHalf, WriteHalf) {
+    let watch = close_watcher(tls.get_ref().0);
     let (r, w) = tokio::io::split(tls);
-    (ReadHalf::Tls(r), WriteHalf::Tls(w))
+    (ReadHalf::Tls(r, watch), WriteHalf::Tls(w))
+}
+
+/// A duplicate descriptor of `tcp`, registered with the IO driver, never read: its
+/// readiness carries the peer-closed bit for [`ReadHalf::peer_closed`]. None if the
+/// descriptor cannot be duplicated (the check then says "open").
+fn close_watcher(tcp: &TcpStream) -> Option<TcpStream> {
+    let dup = socket2::SockRef::from(tcp).try_clone().ok()?;
+    let std: std::net::TcpStream = dup.into();
+    std.set_nonblocking(true).ok()?;
+    TcpStream::from_std(std).ok()
 }
 
 impl ReadHalf {
@@ -117,7 +130,7 @@ impl ReadHalf {
     /// Never a syscall: the readiness the driver keeps already carries the
     /// peer-closed bit (EPOLLRDHUP), while a plain "readable" flag stays set after most
     /// reads and would cost a read returning EAGAIN on every check.
-    /// A TLS half cannot be asked (the stream is shared with the writer): false.
+    /// For TLS, the duplicate descriptor's readiness is asked.
     pub fn peer_closed(&self) -> bool {
         use std::future::Future;
         use tokio::io::Interest;
@@ -125,7 +138,8 @@ impl ReadHalf {
         let ready = match self {
             ReadHalf::Tcp(s) => std::pin::pin!(s.ready(Interest::READABLE)).poll(&mut cx),
             ReadHalf::Unix(s) => std::pin::pin!(s.ready(Interest::READABLE)).poll(&mut cx),
-            ReadHalf::Tls(_) => return false,
+            ReadHalf::Tls(_, Some(watch)) => std::pin::pin!(watch.ready(Interest::READABLE)).poll(&mut cx),
+            ReadHalf::Tls(_, None) => return false,
             ReadHalf::Detached => return true,
         };
         match ready {
@@ -142,7 +156,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Detached => Poll::Ready(Err(detached())),
         }
     }
