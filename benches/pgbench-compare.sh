@@ -4,7 +4,16 @@
 #
 #   benches/pgbench-compare.sh                 # 30 s per run (the documented figures)
 #   DURATION=5 benches/pgbench-compare.sh      # quick look
-#   WORKLOADS="select:100 tpcb:100" ...        # choose workloads (select|prepared|extended|tpcb:clients)
+#   WORKLOADS="select:100 tpcb:100" ...        # choose workloads (select|prepared|extended|tpcb|connect:clients)
+#   AUTH=scram TLS=1 WORKLOADS="connect:16" ...  # connection storm: SCRAM logins, TLS to the poolers
+#
+# connect = pgbench -C: a new connection (login) per transaction. AUTH=scram makes the
+# clients log in to the poolers with SCRAM-SHA-256 as user "bench" (the poolers log in
+# to PostgreSQL with SCRAM too, from the plaintext password in the userlist);
+# AUTH=scram-secret puts PostgreSQL's SCRAM secret in the userlist instead (no
+# plaintext anywhere; the poolers' server logins go as the trusted postgres user, since
+# SCRAM pass-through is not in Sluice yet). TLS=1 makes every client connection TLS
+# (client_tls_sslmode = require, a self-signed certificate made with openssl).
 #
 # Needs the PostgreSQL server binaries and pgbouncer (apt-get install pgbouncer).
 # Prints a Markdown table; raw pgbench output goes to $OUT (default benches/results/).
@@ -12,6 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-30}
+AUTH=${AUTH:-trust}
+TLS=${TLS:-0}
 SCALE=${SCALE:-10}
 POOL=${POOL:-25}
 WORKLOADS=${WORKLOADS:-"select:16 select:100 select:400 tpcb:100"}
@@ -52,19 +63,48 @@ synchronous_commit = off
 CONF
 as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
 as_pg "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
+DB_USER=postgres
+if [ "$AUTH" = scram ] || [ "$AUTH" = scram-secret ]; then
+    DB_USER=bench
+    as_pg "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres postgres -c \
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE bench LOGIN PASSWORD 'bench_pw'; GRANT pg_read_all_data, pg_write_all_data TO bench" >/dev/null
+    # First match wins: bench logs in to PostgreSQL with SCRAM too.
+    sed -i '1i host all bench 127.0.0.1/32 scram-sha-256' "$WORK/data/pg_hba.conf"
+    as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" reload >/dev/null
+    export PGPASSWORD=bench_pw
+fi
+TLS_INI=""
+if [ "$TLS" = 1 ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+    chmod 644 "$WORK/tls.key" "$WORK/tls.crt"
+    TLS_INI="client_tls_sslmode = require
+client_tls_key_file = $WORK/tls.key
+client_tls_cert_file = $WORK/tls.crt"
+fi
+# Clients of the poolers use TLS with TLS=1; PostgreSQL itself has none here.
+sslmode_for() { if [ "$TLS" = 1 ] && [ "$1" != direct ]; then echo require; else echo disable; fi; }
 
 # One pgbouncer.ini for both poolers: Sluice reads PgBouncer's format as it is.
-echo '"postgres" ""' > "$WORK/userlist.txt"
+if [ "$AUTH" = scram ]; then
+    echo '"bench" "bench_pw"' > "$WORK/userlist.txt"
+elif [ "$AUTH" = scram-secret ]; then
+    secret=$(as_pg "$PG_BIN/psql" -Atq -h 127.0.0.1 -p "$PGPORT" -U postgres postgres -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")
+    echo "\"bench\" \"$secret\"" > "$WORK/userlist.txt"
+else
+    echo '"postgres" ""' > "$WORK/userlist.txt"
+fi
 write_ini() { # port socket-dir
     cat <<INI
 [databases]
-postgres = host=127.0.0.1 port=$PGPORT dbname=postgres
+postgres = host=127.0.0.1 port=$PGPORT dbname=postgres$([ "$AUTH" = scram-secret ] && echo " user=postgres")
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $1
 unix_socket_dir = $2
-auth_type = trust
+auth_type = $([ "$AUTH" = trust ] && echo trust || echo scram-sha-256)
 auth_file = $WORK/userlist.txt
+$TLS_INI
 pool_mode = transaction
 default_pool_size = $POOL
 max_client_conn = 1000
@@ -93,6 +133,8 @@ pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; sluice) echo "$SLUICE_PID
 {
 echo "# pgbench through direct PostgreSQL, PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}') and Sluice $("$SLUICE" --version | awk '{print $2}')"
 echo
+echo "auth: $AUTH, client TLS: $([ "$TLS" = 1 ] && echo require || echo off)."
+echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), scale $SCALE, pool size $POOL, transaction mode, ${DURATION} s per run, pgbench -j 2."
 echo
 echo "| workload | clients | target | TPS | avg latency ms | failed | pooler CPU µs/txn |"
@@ -107,14 +149,15 @@ for w in $WORKLOADS; do
         extended) args=(-S -M extended) ;;
         prepared) args=(-S -M prepared) ;;
         tpcb) args=(-M simple) ;;
+        connect) args=(-S -M simple -C) ;;
         *) echo "unknown workload $kind" >&2; exit 1 ;;
     esac
     for t in $TARGETS; do
         pid=$(pid_of "$t")
         before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
         log="$OUT/$kind-$clients-$t.log"
-        as_pg "$PG_BIN/pgbench" "${args[@]}" -c "$clients" -j 2 -T "$DURATION" -n \
-            -h 127.0.0.1 -p "$(port_of "$t")" -U postgres postgres > "$log" 2>&1 || true
+        as_pg env PGSSLMODE="$(sslmode_for "$t")" "$PG_BIN/pgbench" "${args[@]}" -c "$clients" -j 2 -T "$DURATION" -n \
+            -h 127.0.0.1 -p "$(port_of "$t")" -U "$DB_USER" postgres > "$log" 2>&1 || true
         after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
         tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' "$log" | head -1)
         lat=$(awk -F'= ' '/latency average/ {split($2,a," "); print a[1]}' "$log")
