@@ -52,32 +52,15 @@ pub fn client(config: &Config, config_path: &Path) -> Result<Option<Arc<ClientTl
         &need("client_tls_cert_file", &config.client_tls_cert_file)?,
     );
     let key_file = resolve(config_path, &need("client_tls_key_file", &config.client_tls_key_file)?);
-    let certs = CertificateDer::pem_file_iter(&cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("client_tls_cert_file {}: {e}", cert_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "client_tls_cert_file {}: no certificate in it",
-            cert_file.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_file)
-        .map_err(|e| format!("client_tls_key_file {}: {e}", key_file.display()))?;
+    let certs = read_certs("client_tls_cert_file", &cert_file)?;
+    let key = read_key("client_tls_key_file", &key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS protocol versions: {e}"))?;
     let builder = if mode >= TlsMode::VerifyCa {
         let ca_file = resolve(config_path, &need("client_tls_ca_file", &config.client_tls_ca_file)?);
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(&ca_file)
-            .map_err(|e| format!("client_tls_ca_file {}: {e}", ca_file.display()))?
-        {
-            let ca = ca.map_err(|e| format!("client_tls_ca_file {}: {e}", ca_file.display()))?;
-            roots
-                .add(ca)
-                .map_err(|e| format!("client_tls_ca_file {}: {e}", ca_file.display()))?;
-        }
+        let roots = read_roots("client_tls_ca_file", &ca_file)?;
         let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
             .map_err(|e| format!("client_tls_ca_file {}: {e}", ca_file.display()))?;
@@ -95,6 +78,31 @@ pub fn client(config: &Config, config_path: &Path) -> Result<Option<Arc<ClientTl
         mode,
         acceptor: TlsAcceptor::from(Arc::new(server)),
     })))
+}
+
+/// The certificate chain in PEM file `path` (setting `key`), at least one.
+fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{key} {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key in PEM file `path` (PKCS#8, PKCS#1 or SEC1).
+fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{key} {}: {e}", path.display()))
+}
+
+/// The CA certificates in PEM file `path`, as trust roots.
+fn read_roots(key: &str, path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(key, path)? {
+        roots.add(ca).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    }
+    Ok(roots)
 }
 
 /// TLS to PostgreSQL: PgBouncer's `server_tls_*` settings turned into a connector.
@@ -169,15 +177,7 @@ pub fn server(config: &Config, config_path: &Path) -> Result<Option<Arc<ServerTl
         .map_err(|e| format!("TLS protocol versions: {e}"))?;
     let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if mode >= TlsMode::VerifyCa {
         let ca_file = ca_file.ok_or_else(|| format!("server_tls_sslmode = {mode} needs server_tls_ca_file"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(&ca_file)
-            .map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?
-        {
-            let ca = ca.map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?;
-            roots
-                .add(ca)
-                .map_err(|e| format!("server_tls_ca_file {}: {e}", ca_file.display()))?;
-        }
+        let roots = read_roots("server_tls_ca_file", &ca_file)?;
         let webpki =
             rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                 .build()
@@ -193,11 +193,8 @@ pub fn server(config: &Config, config_path: &Path) -> Result<Option<Arc<ServerTl
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let client = match (cert_file, key_file) {
         (Some(cert_file), Some(key_file)) => {
-            let certs = CertificateDer::pem_file_iter(&cert_file)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("server_tls_cert_file {}: {e}", cert_file.display()))?;
-            let key = PrivateKeyDer::from_pem_file(&key_file)
-                .map_err(|e| format!("server_tls_key_file {}: {e}", key_file.display()))?;
+            let certs = read_certs("server_tls_cert_file", &cert_file)?;
+            let key = read_key("server_tls_key_file", &key_file)?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| format!("server_tls_cert_file / server_tls_key_file do not make a pair: {e}"))?
