@@ -246,8 +246,17 @@ async fn every_show_has_pgbouncers_columns_and_true_figures_under_load() -> Resu
 async fn only_admin_and_stats_users_get_in_and_stats_users_only_look() -> Result<()> {
     let pg = postgres()?;
     let s = Sluice::start(&pg, &console_settings("max_client_conn = 1"), "")?;
-    // max_client_conn does not lock admins out.
-    let app_client = connect(&s.url(PLAIN_USER.0, PLAIN_USER.1, "app")).await?;
+    // max_client_conn does not lock admins out. (The harness's port probe counts as a
+    // client until Sluice sees it close: wait for that, as a reconnecting app would.)
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let app_client = loop {
+        match connect(&s.url(PLAIN_USER.0, PLAIN_USER.1, "app")).await {
+            Err(e) if db_error(&e).1.contains("max_client_conn") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => break other?,
+        }
+    };
     let admin = connect(&s.url(ADMIN.0, ADMIN.1, "pgbouncer")).await?;
 
     let e = refused(

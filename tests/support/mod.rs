@@ -88,9 +88,14 @@ impl Sluice {
     /// Starts Sluice with `settings` (TOML top-level keys) and `[databases.app]` /
     /// `[databases.app2]` pointing at `pg`, plus `extra` TOML appended.
     pub fn start(pg: &EmbeddedPg, settings: &str, extra: &str) -> Result<Sluice> {
+        Self::start_with_userlist(pg, settings, extra, &userlist())
+    }
+
+    /// [`Sluice::start`] with another userlist.txt (auth_file).
+    pub fn start_with_userlist(pg: &EmbeddedPg, settings: &str, extra: &str, users: &str) -> Result<Sluice> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        std::fs::write(dir.path().join("userlist.txt"), userlist())?;
+        std::fs::write(dir.path().join("userlist.txt"), users)?;
         let text = format!(
             "{}{settings}\n[databases.app]\nhost = \"127.0.0.1\"\nport = {pgport}\n[databases.app2]\nhost = \"127.0.0.1\"\nport = {pgport}\n{extra}\n",
             base_settings(dir.path(), port),

@@ -10,12 +10,13 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use crate::auth::StoredSecret;
+use crate::auth::query::AuthCache;
+use crate::auth::{LearnedKeys, StoredSecret};
 use crate::cancel;
 use crate::config::{self, seconds, Config, Loaded, PoolMode};
 use crate::errors::ClientError;
 use crate::pool::{Pool, PoolSettings};
-use crate::server::ServerTarget;
+use crate::server::{ServerCredential, ServerTarget};
 use crate::shutdown::Shutdown;
 use crate::stats::{Averager, Totals};
 
@@ -52,6 +53,10 @@ pub struct Current {
     pub loaded: Loaded,
     secrets: HashMap<String, StoredSecret>,
     ignored_startup_parameters: Vec<String>,
+    /// SCRAM pass-through's keys; outlive reloads (they are checked against secrets).
+    pub learned_keys: Arc<LearnedKeys>,
+    /// auth_query's answers; outlive reloads.
+    pub auth_cache: Arc<AuthCache>,
 }
 
 /// What a (database, user) pool should look like under the current configuration.
@@ -110,7 +115,9 @@ pub struct Route {
 }
 
 impl Current {
-    fn new(loaded: &Loaded) -> Current {
+    /// What `loaded` puts in force; what was learned at logins carries over from
+    /// `previous`.
+    fn new(loaded: &Loaded, previous: Option<&Current>) -> Current {
         let config = loaded.config.clone();
         let secrets = loaded
             .secrets
@@ -126,6 +133,8 @@ impl Current {
             loaded: loaded.clone(),
             secrets,
             ignored_startup_parameters,
+            learned_keys: previous.map(|p| Arc::clone(&p.learned_keys)).unwrap_or_default(),
+            auth_cache: previous.map(|p| Arc::clone(&p.auth_cache)).unwrap_or_default(),
         }
     }
 
@@ -164,11 +173,12 @@ impl Current {
             .and_then(|u| u.pool_mode)
             .or(entry.pool_mode)
             .unwrap_or(c.pool_mode);
-        let password = entry.password.clone().or_else(|| {
-            self.secret(&server_user)
-                .and_then(|s| s.for_server_login())
-                .map(str::to_owned)
-        });
+        let looked_up = || self.auth_cache.known(c, db, &server_user);
+        let credential = match (&entry.password, self.secret(&server_user)) {
+            (Some(p), _) => Some(ServerCredential::Password(p.clone())),
+            (None, Some(s)) => Some(s.for_server_login(&self.learned_keys)),
+            (None, None) => looked_up().map(|s| s.for_server_login(&self.learned_keys)),
+        };
         let mut params = Vec::new();
         for (name, value) in [
             ("application_name", &entry.application_name),
@@ -185,7 +195,7 @@ impl Current {
             port: entry.port.unwrap_or(5432),
             dbname: entry.dbname.clone().unwrap_or_else(|| db.to_owned()),
             user: server_user.clone(),
-            password,
+            credential,
             params,
             tcp_keepalive: c.tcp_keepalive,
             tls: self.loaded.server_tls.clone(),
@@ -242,7 +252,7 @@ impl Current {
 impl App {
     pub fn new(loaded: &Loaded) -> Arc<App> {
         Arc::new(App {
-            current: ArcSwap::from_pointee(Current::new(loaded)),
+            current: ArcSwap::from_pointee(Current::new(loaded, None)),
             path: loaded.path.clone(),
             pools: DashMap::new(),
             db_limits: DashMap::new(),
@@ -271,10 +281,13 @@ impl App {
     pub fn route(&self, db: &str, client_user: &str) -> Result<Route, ClientError> {
         let plan = self.current().plan(db, client_user)?;
         if let Some(p) = self.pools.get(&plan.key) {
-            return Ok(Route {
-                pool: Arc::clone(&p),
-                mode: plan.mode,
-            });
+            let pool = Arc::clone(&p);
+            drop(p);
+            // auth_query found a new secret since the pool was made (a changed password).
+            if *pool.target() != plan.target {
+                pool.update(plan.target, plan.settings);
+            }
+            return Ok(Route { pool, mode: plan.mode });
         }
         let limits = [
             shared_limit(&self.db_limits, &plan.key.0, plan.db_limit),
@@ -337,7 +350,7 @@ impl App {
                 tracing::warn!("{what} changed: it takes effect at the next restart");
             }
         }
-        let current = Arc::new(Current::new(&loaded));
+        let current = Arc::new(Current::new(&loaded, Some(&old)));
         self.current.store(Arc::clone(&current));
         for pool in self.pools() {
             match current.plan(&pool.db, &pool.user) {

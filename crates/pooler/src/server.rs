@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use sluice_wire::backend::{parse_error_fields, ParsedError};
 use sluice_wire::frame::Scanner;
 use sluice_wire::frontend::build;
 use sluice_wire::md5;
+use sluice_wire::scram::{ClientCredential, ScramClient, ScramError, ScramSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::auth::LearnedKeys;
 use crate::params::ParamSet;
 use crate::stream::{tune_tcp, Endpoints, ReadHalf, Stream, WriteHalf};
 
@@ -27,13 +28,38 @@ pub struct ServerTarget {
     pub port: u16,
     pub dbname: String,
     pub user: String,
-    /// Plaintext password or md5 secret; None for trust.
-    pub password: Option<String>,
+    /// What to log in with; None for trust.
+    pub credential: Option<ServerCredential>,
     /// Extra startup parameters (application_name, client_encoding, ...).
     pub params: Vec<(String, String)>,
     pub tcp_keepalive: bool,
     /// TLS to this server (None: plaintext).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+}
+
+/// What a pool logs in to PostgreSQL with.
+#[derive(Debug, Clone)]
+pub enum ServerCredential {
+    /// A plaintext password or an md5 secret.
+    Password(String),
+    /// SCRAM pass-through: only the stored secret is known; the `ClientKey` comes
+    /// from a client's SCRAM login against it ([`LearnedKeys`]).
+    Scram {
+        secret: ScramSecret,
+        learned: Arc<LearnedKeys>,
+    },
+}
+
+/// Equal when they log in the same way (a reload that keeps the secret keeps the pool's
+/// servers).
+impl PartialEq for ServerCredential {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ServerCredential::Password(a), ServerCredential::Password(b)) => a == b,
+            (ServerCredential::Scram { secret: a, .. }, ServerCredential::Scram { secret: b, .. }) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Asks the server for TLS (SSLRequest) and does the handshake if it agrees; a server
@@ -230,7 +256,7 @@ impl ServerConn {
         wr.write_all(&out).await.map_err(io_err)?;
 
         let mut buf = BytesMut::with_capacity(8192);
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<ScramClient> = None;
         let mut backend = (0, 0);
         let mut server_params = Vec::new();
         loop {
@@ -251,12 +277,12 @@ impl ServerConn {
             match msg {
                 Message::AuthenticationOk => {}
                 Message::AuthenticationCleartextPassword => {
-                    let pw = password(t)?;
+                    let pw = password(t, "a cleartext password")?;
                     build::password_message(pw.as_bytes(), &mut out)
                         .map_err(|e| ConnectError::Protocol(e.to_string()))?;
                 }
                 Message::AuthenticationMd5Password(body) => {
-                    let pw = password(t)?;
+                    let pw = password(t, "md5")?;
                     let response = if md5::is_md5_secret(pw) {
                         md5::expected_response(pw, body.salt())
                     } else {
@@ -266,13 +292,6 @@ impl ServerConn {
                         .map_err(|e| ConnectError::Protocol(e.to_string()))?;
                 }
                 Message::AuthenticationSasl(body) => {
-                    let pw = password(t)?;
-                    if md5::is_md5_secret(pw) || pw.starts_with("SCRAM-SHA-256$") {
-                        return Err(ConnectError::Protocol(format!(
-                            "server asks for SCRAM but only a hashed secret is configured for user \"{}\"; configure a plaintext password for server logins",
-                            t.user
-                        )));
-                    }
                     let mut mechs = body.mechanisms();
                     let mut found = false;
                     while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechs) {
@@ -283,25 +302,24 @@ impl ServerConn {
                             "server offers no supported SASL mechanism".into(),
                         ));
                     }
-                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                    build::sasl_initial_response(sluice_wire::scram::MECHANISM, s.message(), &mut out)
+                    let (client, first) = ScramClient::new(scram_credential(t)?);
+                    build::sasl_initial_response(sluice_wire::scram::MECHANISM, first.as_bytes(), &mut out)
                         .map_err(|e| ConnectError::Protocol(e.to_string()))?;
-                    scram = Some(s);
+                    scram = Some(client);
                 }
                 Message::AuthenticationSaslContinue(body) => {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| ConnectError::Protocol("unexpected SASL continue".into()))?;
-                    s.update(body.data())
-                        .map_err(|e| ConnectError::Protocol(format!("SCRAM: {e}")))?;
-                    build::sasl_response(s.message(), &mut out).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                    let last = s.update(body.data()).map_err(|e| scram_failed(t, e))?;
+                    build::sasl_response(last.as_bytes(), &mut out)
+                        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
                     let mut s = scram
                         .take()
                         .ok_or_else(|| ConnectError::Protocol("unexpected SASL final".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| ConnectError::Protocol(format!("SCRAM server signature: {e}")))?;
+                    s.finish(body.data()).map_err(|e| scram_failed(t, e))?;
                 }
                 Message::ParameterStatus(body) => {
                     let name = body.name().map_err(|e| ConnectError::Protocol(e.to_string()))?;
@@ -383,11 +401,54 @@ impl ServerConn {
     }
 }
 
-fn password(t: &ServerTarget) -> Result<&str, ConnectError> {
-    t.password.as_deref().ok_or_else(|| {
-        ConnectError::Protocol(format!(
-            "server asks for a password for user \"{}\" but none is configured (set password= in [databases] or add the user to auth_file)",
+/// The plaintext password or md5 secret for a server that asks for `method`.
+fn password<'a>(t: &'a ServerTarget, method: &str) -> Result<&'a str, ConnectError> {
+    match &t.credential {
+        Some(ServerCredential::Password(pw)) => Ok(pw),
+        Some(ServerCredential::Scram { .. }) => Err(ConnectError::Protocol(format!(
+            "server asks for {method} authentication, but only a SCRAM secret is stored for user \"{}\": SCRAM pass-through needs password_encryption = scram-sha-256 on the server (or configure a plaintext password)",
             t.user
-        ))
-    })
+        ))),
+        None => Err(no_password(t)),
+    }
+}
+
+fn no_password(t: &ServerTarget) -> ConnectError {
+    ConnectError::Protocol(format!(
+        "server asks for a password for user \"{}\" but none is configured (set password= in [databases] or add the user to auth_file)",
+        t.user
+    ))
+}
+
+/// What the SCRAM exchange with the server proves: a password, or keys a client's
+/// SCRAM login revealed.
+fn scram_credential(t: &ServerTarget) -> Result<ClientCredential, ConnectError> {
+    match &t.credential {
+        Some(ServerCredential::Password(pw)) if md5::is_md5_secret(pw) => Err(ConnectError::Protocol(format!(
+            "server asks for SCRAM but only an md5 secret is configured for user \"{}\"; configure a plaintext password or a SCRAM secret",
+            t.user
+        ))),
+        Some(ServerCredential::Password(pw)) => Ok(ClientCredential::Password(pw.clone())),
+        Some(ServerCredential::Scram { secret, learned }) => match learned.get(secret) {
+            Some(client_key) => Ok(ClientCredential::Keys {
+                client_key,
+                secret: secret.clone(),
+            }),
+            None => Err(ConnectError::Protocol(format!(
+                "no client has logged in as \"{}\" with SCRAM yet: SCRAM pass-through learns the keys from a client's login (or configure a plaintext password)",
+                t.user
+            ))),
+        },
+        None => Err(no_password(t)),
+    }
+}
+
+fn scram_failed(t: &ServerTarget, e: ScramError) -> ConnectError {
+    match e {
+        ScramError::SecretMismatch => ConnectError::Protocol(format!(
+            "the SCRAM secret stored for user \"{}\" is not the server's (another salt or iteration count): copy rolpassword from pg_authid into auth_file, or use auth_query",
+            t.user
+        )),
+        e => ConnectError::Protocol(format!("SCRAM: {e}")),
+    }
 }

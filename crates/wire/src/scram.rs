@@ -1,7 +1,10 @@
-//! The server side of SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL uses it). The client
-//! side, for Sluice's own logins to PostgreSQL, comes from `postgres-protocol`.
+//! SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL uses it), both sides.
 //!
-//! Channel binding is not offered (no TLS yet): clients may send `n,,` or `y,,`.
+//! [`ScramServer`] checks a client's proof against a stored secret and hands back the
+//! client's `ClientKey`; [`ScramClient`] logs in to PostgreSQL with a password or with
+//! such keys (SCRAM pass-through: no plaintext password stored anywhere).
+//!
+//! Channel binding is not offered: clients may send `n,,` or `y,,`.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -46,6 +49,13 @@ impl ScramSecret {
 
     /// Derives a secret from a plaintext password (SASLprep-normalised, as PostgreSQL does).
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
+        let (client_key, secret) = Self::derive(password, salt, iterations);
+        debug_assert_eq!(<[u8; 32]>::from(Sha256::digest(client_key)), secret.stored_key);
+        secret
+    }
+
+    /// The password's `ClientKey` and secret for this salt and iteration count.
+    fn derive(password: &str, salt: &[u8], iterations: u32) -> ([u8; 32], ScramSecret) {
         let normalized = match stringprep::saslprep(password) {
             Ok(p) => p.into_owned(),
             // PostgreSQL uses the raw bytes when SASLprep fails.
@@ -54,12 +64,18 @@ impl ScramSecret {
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(normalized.as_bytes(), salt, iterations, &mut salted);
         let client_key = hmac(&salted, b"Client Key");
-        ScramSecret {
+        let secret = ScramSecret {
             iterations,
             salt: salt.to_vec(),
             stored_key: Sha256::digest(client_key).into(),
             server_key: hmac(&salted, b"Server Key"),
-        }
+        };
+        (client_key, secret)
+    }
+
+    /// True if `client_key` belongs to this secret (`H(ClientKey) = StoredKey`).
+    pub fn matches_client_key(&self, client_key: &[u8; 32]) -> bool {
+        <[u8; 32]>::from(Sha256::digest(client_key)) == self.stored_key
     }
 
     /// A secret for a user that does not exist, so the exchange looks the same as for a
@@ -97,6 +113,12 @@ pub enum ScramError {
     ChannelBinding,
     #[error("password authentication failed")]
     BadProof,
+    #[error("the server's SCRAM secret has another salt or iteration count than the stored one")]
+    SecretMismatch,
+    #[error("the server's SCRAM signature is wrong: it does not know the password")]
+    BadServerSignature,
+    #[error("the server ended the exchange: {0}")]
+    Server(String),
 }
 
 /// Server-side exchange state. Drive it with the client's two messages.
@@ -147,8 +169,9 @@ impl ScramServer {
         ))
     }
 
-    /// Takes the client-final-message; returns the server-final-message if the proof holds.
-    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+    /// Takes the client-final-message; if the proof holds, returns the
+    /// server-final-message and the `ClientKey` the proof revealed.
+    pub fn finish(self, client_final: &[u8]) -> Result<Verified, ScramError> {
         let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(ScramError::Malformed("missing proof"))?;
         let mut channel = None;
@@ -189,7 +212,140 @@ impl ScramServer {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok(Verified {
+            server_final: format!("v={}", B64.encode(server_signature)),
+            client_key,
+        })
+    }
+}
+
+/// A successful server-side exchange.
+#[derive(Debug)]
+pub struct Verified {
+    pub server_final: String,
+    /// `H(ClientKey) = StoredKey`: with the secret's ServerKey it logs in to any server
+    /// that stores the same secret.
+    pub client_key: [u8; 32],
+}
+
+/// What Sluice logs in to PostgreSQL with.
+#[derive(Debug, Clone)]
+pub enum ClientCredential {
+    /// A plaintext password: keys are derived from it with the server's salt.
+    Password(String),
+    /// Keys learned from a client's proof against `secret` (pass-through). They only
+    /// work if the server stores the same secret (same salt and iterations).
+    Keys { client_key: [u8; 32], secret: ScramSecret },
+}
+
+/// Client-side exchange: [`ScramClient::new`] gives the client-first-message,
+/// [`ScramClient::update`] answers the server-first-message, [`ScramClient::finish`]
+/// checks the server's signature.
+pub struct ScramClient {
+    credential: ClientCredential,
+    client_first_bare: String,
+    nonce: String,
+    state: ClientState,
+}
+
+enum ClientState {
+    Started,
+    Sent { auth_message: String, server_key: [u8; 32] },
+    Done,
+}
+
+impl ScramClient {
+    /// Returns the exchange and the client-first-message.
+    pub fn new(credential: ClientCredential) -> (ScramClient, String) {
+        let mut raw = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let nonce = B64.encode(raw);
+        // PostgreSQL takes the user from the startup packet; the SCRAM name stays empty.
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (
+            ScramClient {
+                credential,
+                client_first_bare,
+                nonce,
+                state: ClientState::Started,
+            },
+            first,
+        )
+    }
+
+    /// Takes the server-first-message; returns the client-final-message.
+    pub fn update(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        if !matches!(self.state, ClientState::Started) {
+            return Err(ScramError::Malformed("unexpected server-first-message"));
+        }
+        let msg = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in msg.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = Some(B64.decode(v).map_err(|_| ScramError::Malformed("salt encoding"))?);
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = Some(v.parse::<u32>().map_err(|_| ScramError::Malformed("iteration count"))?);
+            }
+        }
+        let nonce = nonce.ok_or(ScramError::Malformed("missing nonce"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Malformed("server nonce does not extend ours"));
+        }
+        let salt = salt.ok_or(ScramError::Malformed("missing salt"))?;
+        let iterations = iterations
+            .filter(|i| *i > 0)
+            .ok_or(ScramError::Malformed("iteration count"))?;
+        let (client_key, stored_key, server_key) = match &self.credential {
+            ClientCredential::Password(password) => {
+                let (client_key, derived) = ScramSecret::derive(password, &salt, iterations);
+                (client_key, derived.stored_key, derived.server_key)
+            }
+            ClientCredential::Keys { client_key, secret } => {
+                if secret.salt != salt || secret.iterations != iterations {
+                    return Err(ScramError::SecretMismatch);
+                }
+                (*client_key, secret.stored_key, secret.server_key)
+            }
+        };
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{},{}", self.client_first_bare, msg, without_proof);
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let mut proof = [0u8; 32];
+        for i in 0..32 {
+            proof[i] = client_key[i] ^ signature[i];
+        }
+        self.state = ClientState::Sent {
+            auth_message,
+            server_key,
+        };
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final-message: the server proves it knows the secret too.
+    pub fn finish(&mut self, server_final: &[u8]) -> Result<(), ScramError> {
+        let ClientState::Sent {
+            auth_message,
+            server_key,
+        } = std::mem::replace(&mut self.state, ClientState::Done)
+        else {
+            return Err(ScramError::Malformed("unexpected server-final-message"));
+        };
+        let msg = std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        if let Some(e) = msg.strip_prefix("e=") {
+            return Err(ScramError::Server(e.to_owned()));
+        }
+        let given = msg
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::Malformed("server signature"))?;
+        let expected = hmac(&server_key, auth_message.as_bytes());
+        if given.len() != expected.len() || given.iter().zip(expected.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+            return Err(ScramError::BadServerSignature);
+        }
+        Ok(())
     }
 }
 
@@ -204,8 +360,53 @@ mod tests {
         client
             .update(server_first.as_bytes())
             .map_err(|_| ScramError::BadProof)?;
-        let server_final = server.finish(client.message())?;
-        client.finish(server_final.as_bytes()).map_err(|_| ScramError::BadProof)
+        let verified = server.finish(client.message())?;
+        client
+            .finish(verified.server_final.as_bytes())
+            .map_err(|_| ScramError::BadProof)
+    }
+
+    /// Our client against our server: returns the ClientKey the server learned.
+    fn own_exchange(secret: ScramSecret, credential: ClientCredential) -> Result<[u8; 32], ScramError> {
+        let (mut client, first) = ScramClient::new(credential);
+        let (server, server_first) = ScramServer::start(secret, first.as_bytes())?;
+        let last = client.update(server_first.as_bytes())?;
+        let verified = server.finish(last.as_bytes())?;
+        client.finish(verified.server_final.as_bytes())?;
+        Ok(verified.client_key)
+    }
+
+    #[test]
+    fn learned_client_key_logs_in_again_without_the_password() {
+        let secret = ScramSecret::from_password("hunter2", b"0123456789abcdef", 4096);
+        let key = own_exchange(secret.clone(), ClientCredential::Password("hunter2".into())).unwrap();
+        assert!(secret.matches_client_key(&key));
+        let keys = ClientCredential::Keys {
+            client_key: key,
+            secret: secret.clone(),
+        };
+        assert_eq!(own_exchange(secret.clone(), keys.clone()), Ok(key));
+        // The same keys against a secret with another salt: caught before any proof.
+        let other = ScramSecret::from_password("hunter2", b"another salt....", 4096);
+        assert_eq!(own_exchange(other, keys).err(), Some(ScramError::SecretMismatch));
+        assert_eq!(
+            own_exchange(secret, ClientCredential::Password("wrong".into())).err(),
+            Some(ScramError::BadProof)
+        );
+    }
+
+    #[test]
+    fn client_checks_the_server_signature_and_nonce() {
+        let secret = ScramSecret::from_password("pw", b"salt", 4096);
+        let (mut client, _) = ScramClient::new(ClientCredential::Password("pw".into()));
+        assert!(client.update(b"r=someone-elses-nonce,s=c2FsdA==,i=4096").is_err());
+        let (mut client, first) = ScramClient::new(ClientCredential::Password("pw".into()));
+        let (_, server_first) = ScramServer::start(secret, first.as_bytes()).unwrap();
+        client.update(server_first.as_bytes()).unwrap();
+        assert_eq!(
+            client.finish(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            Err(ScramError::BadServerSignature)
+        );
     }
 
     #[test]

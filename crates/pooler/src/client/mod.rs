@@ -167,9 +167,17 @@ async fn login(
         info!(db, user, "login attempt");
     }
 
-    let secret = current.secret(user);
+    // auth_file first; users it does not list are looked up with auth_query (not for
+    // the console, whose users are Sluice's own).
+    let looked_up = match current.secret(user) {
+        None if !admin && current.config.auth_type != AuthType::Any => auth::query::lookup(app, db, user).await?,
+        _ => None,
+    };
+    let secret = current
+        .secret(user)
+        .or_else(|| looked_up.as_ref().and_then(|(_, answer)| answer.as_deref()));
     if current.config.auth_type == AuthType::Trust && secret.is_none() {
-        // PgBouncer's trust still requires the user to be listed in auth_file.
+        // PgBouncer's trust still requires the user to be known (auth_file, auth_query).
         return Err(ClientError::password_failed(user));
     }
     let mut hs = Handshake {
@@ -177,7 +185,13 @@ async fn login(
         wr: &mut client.wr,
         buf: &mut client.buf,
     };
-    auth::authenticate(&mut hs, current.config.auth_type, user, secret).await?;
+    let authenticated =
+        auth::authenticate(&mut hs, current.config.auth_type, user, secret, &current.learned_keys).await;
+    if let (Err(_), Some((key, _))) = (&authenticated, &looked_up) {
+        // The password may have changed since the answer: ask again next time.
+        current.auth_cache.forget(key);
+    }
+    authenticated?;
 
     if admin {
         let role = crate::admin::role(&current.config, user)?;

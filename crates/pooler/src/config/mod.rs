@@ -122,6 +122,10 @@ pub struct DatabaseConfig {
     pub pool_mode: Option<PoolMode>,
     pub max_db_connections: Option<u32>,
     pub connect_query: Option<String>,
+    /// auth_query runs as this user for this database's logins (overrides the global).
+    pub auth_user: Option<String>,
+    /// The database auth_query runs in for this database's logins.
+    pub auth_dbname: Option<String>,
     pub application_name: Option<String>,
     pub client_encoding: Option<String>,
     pub datestyle: Option<String>,
@@ -164,6 +168,15 @@ pub struct Config {
     pub ignore_startup_parameters: String,
     pub auth_type: AuthType,
     pub auth_file: Option<String>,
+    /// pg_hba.conf-style rules for `auth_type = hba`.
+    pub auth_hba_file: Option<String>,
+    /// Users not in auth_file are looked up with `auth_query`, run as this user.
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    /// The database auth_query runs in (default: the one the client logs in to).
+    pub auth_dbname: Option<String>,
+    /// Sluice's own: seconds an auth_query answer serves logins (0: ask every time).
+    pub auth_query_cache_ttl: f64,
     /// TLS to clients: SSLRequests are accepted unless `disable`; `require` and
     /// stronger refuse plaintext TCP logins; `verify-ca` / `verify-full` also ask for
     /// a client certificate signed by `client_tls_ca_file`.
@@ -253,6 +266,11 @@ impl Default for Config {
             ignore_startup_parameters: String::new(),
             auth_type: AuthType::Md5,
             auth_file: None,
+            auth_hba_file: None,
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into(),
+            auth_dbname: None,
+            auth_query_cache_ttl: 60.0,
             client_tls_sslmode: TlsMode::Disable,
             client_tls_key_file: None,
             client_tls_cert_file: None,
@@ -617,6 +635,7 @@ pub(crate) fn validate(c: &Config, path: &Path) -> Result<(), ConfigError> {
         ("transaction_timeout", c.transaction_timeout),
         ("cancel_wait_timeout", c.cancel_wait_timeout),
         ("stats_period", c.stats_period),
+        ("auth_query_cache_ttl", c.auth_query_cache_ttl),
     ] {
         if !(v >= 0.0 && v.is_finite()) {
             return Err(err(format!("{t} must be a number of seconds >= 0, got {v}")));

@@ -1,9 +1,15 @@
 //! Client authentication: Sluice plays the server side of PostgreSQL's handshake.
+//! Secrets come from auth_file or from PostgreSQL ([`query`]).
 //!
 //! A wrong password and an unknown user look the same to the client, down to the
 //! exchange itself: unknown users get a mock challenge and fail at the proof.
 
+pub mod query;
+
+use std::sync::Arc;
+
 use bytes::BytesMut;
+use dashmap::DashMap;
 use rand::RngCore;
 use sluice_wire::backend;
 use sluice_wire::frontend::{self, PASSWORD};
@@ -14,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::AuthType;
 use crate::errors::ClientError;
+use crate::server::ServerCredential;
 use crate::stream::{ReadHalf, WriteHalf};
 
 /// Passwords, md5 and SCRAM secrets are all far below this.
@@ -102,31 +109,61 @@ impl StoredSecret {
         }
     }
 
-    /// A plaintext password or md5 secret that can log in to a server for this user.
-    pub fn for_server_login(&self) -> Option<&str> {
-        match self.kind {
-            SecretKind::Plain { .. } | SecretKind::Md5 => Some(&self.raw),
-            SecretKind::Scram(_) => None,
+    /// How a server login for this user proves it: with the password or md5 secret,
+    /// or, for a SCRAM secret, with keys learned from a client's login (pass-through).
+    pub fn for_server_login(&self, learned: &Arc<LearnedKeys>) -> ServerCredential {
+        match &self.kind {
+            SecretKind::Plain { .. } | SecretKind::Md5 => ServerCredential::Password(self.raw.clone()),
+            SecretKind::Scram(secret) => ServerCredential::Scram {
+                secret: secret.clone(),
+                learned: Arc::clone(learned),
+            },
         }
     }
 }
 
+/// `ClientKey`s revealed by clients' SCRAM proofs, by the secret's StoredKey: what
+/// SCRAM pass-through logs in to PostgreSQL with. A key is checked against its secret
+/// (`H(ClientKey) = StoredKey`), so a changed secret never gets a stale key.
+#[derive(Debug, Default)]
+pub struct LearnedKeys(DashMap<[u8; 32], [u8; 32]>);
+
+/// Far above any real number of users: a bound, so changing secrets (auth_query) cannot
+/// grow the map for ever.
+const MAX_LEARNED_KEYS: usize = 100_000;
+
+impl LearnedKeys {
+    pub fn remember(&self, secret: &ScramSecret, client_key: [u8; 32]) {
+        if self.0.len() >= MAX_LEARNED_KEYS {
+            self.0.clear();
+        }
+        self.0.insert(secret.stored_key, client_key);
+    }
+
+    pub fn get(&self, secret: &ScramSecret) -> Option<[u8; 32]> {
+        let key = *self.0.get(&secret.stored_key)?;
+        secret.matches_client_key(&key).then_some(key)
+    }
+}
+
 /// Authenticates `user` by `auth_type`. `secret` is None for unknown users.
+/// A SCRAM login against a stored SCRAM secret teaches `learned` the user's ClientKey.
 pub async fn authenticate(
     hs: &mut Handshake<'_>,
     auth_type: AuthType,
     user: &str,
     secret: Option<&StoredSecret>,
+    learned: &LearnedKeys,
 ) -> Result<(), ClientError> {
     match auth_type {
         AuthType::Trust | AuthType::Any => Ok(()),
         AuthType::Plain => plain(hs, user, secret).await,
         // PgBouncer does SCRAM even under md5 when the stored secret is a SCRAM secret.
         AuthType::Md5 => match secret.map(|s| &s.kind) {
-            Some(SecretKind::Scram(_)) => scram(hs, user, secret).await,
+            Some(SecretKind::Scram(_)) => scram(hs, user, secret, learned).await,
             _ => md5_exchange(hs, user, secret).await,
         },
-        AuthType::ScramSha256 => scram(hs, user, secret).await,
+        AuthType::ScramSha256 => scram(hs, user, secret, learned).await,
     }
 }
 
@@ -165,7 +202,12 @@ async fn md5_exchange(hs: &mut Handshake<'_>, user: &str, secret: Option<&Stored
         .ok_or_else(|| ClientError::password_failed(user))
 }
 
-async fn scram(hs: &mut Handshake<'_>, user: &str, secret: Option<&StoredSecret>) -> Result<(), ClientError> {
+async fn scram(
+    hs: &mut Handshake<'_>,
+    user: &str,
+    secret: Option<&StoredSecret>,
+    learned: &LearnedKeys,
+) -> Result<(), ClientError> {
     let (scram_secret, real) = match secret.map(|s| &s.kind) {
         Some(SecretKind::Scram(s)) | Some(SecretKind::Plain { scram: s }) => (s.clone(), true),
         // An md5 secret cannot answer SCRAM; unknown users get a mock exchange. Both
@@ -190,13 +232,16 @@ async fn scram(hs: &mut Handshake<'_>, user: &str, secret: Option<&StoredSecret>
     hs.send(&out).await?;
 
     let body = hs.read_password_message().await?;
-    let last = match server.finish(&body) {
-        Ok(last) if real => last,
+    let verified = match server.finish(&body) {
+        Ok(v) if real => v,
         Ok(_) | Err(sluice_wire::scram::ScramError::BadProof) => return Err(ClientError::password_failed(user)),
         Err(e) => return Err(ClientError::protocol(e.to_string())),
     };
+    if let Some(SecretKind::Scram(stored)) = secret.map(|s| &s.kind) {
+        learned.remember(stored, verified.client_key);
+    }
     out.clear();
-    backend::auth_sasl_final(&mut out, last.as_bytes());
+    backend::auth_sasl_final(&mut out, verified.server_final.as_bytes());
     hs.send(&out).await?;
     Ok(())
 }
