@@ -205,3 +205,151 @@ async fn a_failing_auth_query_tells_the_client_why() -> Result<()> {
     connect(&s.url(t, tp, "app")).await?.batch_execute("SELECT 1").await?;
     Ok(())
 }
+
+const HBA: &str = "\
+# type    database  user        address        method
+local     all       all                        trust
+hostssl   app       scram_user  127.0.0.1/32   cert
+hostssl   app2      md5_user    127.0.0.1/32   cert
+host      app       md5_user    127.0.0.1/32   md5
+host      app2      all         127.0.0.1/32   reject
+hostnossl all       plain_user  127.0.0.1/32   password
+host      all       scram_user  127.0.0.1/32   scram-sha-256
+";
+
+/// auth_type = hba with a client_tls_sslmode; the certificates in `certs`.
+fn hba_settings(certs: &std::path::Path, hba: &std::path::Path, tls_mode: &str) -> String {
+    format!(
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\npool_mode = \"transaction\"\nclient_tls_sslmode = \"{tls_mode}\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\nclient_tls_ca_file = \"{}\"",
+        hba.display(),
+        certs.join("server.pem").display(),
+        certs.join("server.key").display(),
+        certs.join("ca.pem").display()
+    )
+}
+
+/// The first matching line of auth_hba_file decides, by connection type (Unix socket,
+/// TLS or not), database, user and address; refusals use PostgreSQL's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hba_chooses_the_method_per_connection() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let hba = certs.path().join("hba.conf");
+    std::fs::write(&hba, HBA)?;
+    let s = Sluice::start(&pg, &hba_settings(certs.path(), &hba, "prefer"), "")?;
+    let tls = |url: String| format!("{url} sslmode=require");
+
+    // hostnossl ... password: a plaintext client sends its password in clear.
+    let (u, p) = PLAIN_USER;
+    connect(&s.url(u, p, "app")).await?.batch_execute("SELECT 1").await?;
+    // Over TLS no line matches plain_user.
+    let (ok, _, err) = psql(&pg, &tls(s.url(u, p, "app")), &["-c", "SELECT 1"], None)?;
+    assert!(
+        !ok && err.contains(&format!(
+            "no pg_hba.conf entry for host \"127.0.0.1\", user \"{u}\", database \"app\", SSL encryption"
+        )),
+        "{err}"
+    );
+    // md5 for md5_user on app; reject on app2, PostgreSQL's text.
+    let (m, mp) = MD5_USER;
+    connect(&s.url(m, mp, "app")).await?.batch_execute("SELECT 1").await?;
+    let e = refused(connect(&s.url(m, mp, "app2")).await, "reject");
+    assert_eq!(
+        db_error(&e),
+        (
+            "28000".into(),
+            format!(
+                "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"{m}\", database \"app2\", no encryption"
+            )
+        )
+    );
+    // hostssl ... cert without a client certificate.
+    let (su, sp) = SCRAM_USER;
+    let (ok, _, err) = psql(&pg, &tls(s.url(su, sp, "app")), &["-c", "SELECT 1"], None)?;
+    assert!(!ok && err.contains("TLS client certificate required"), "{err}");
+    // Plaintext, scram_user falls through to its scram-sha-256 line.
+    let e = refused(connect(&s.url(su, "wrong", "app")).await, "wrong SCRAM password");
+    assert_eq!(db_error(&e).0, "28P01");
+    connect(&s.url(su, sp, "app")).await?.batch_execute("SELECT 1").await?;
+    // local ... trust: the Unix socket needs no password.
+    let (t, _) = TRUST_USER;
+    let local = format!("host={} port={} user={t} dbname=app", s.dir.path().display(), s.port);
+    let (ok, out, err) = psql(&pg, &local, &["-Atc", "SELECT current_user"], None)?;
+    assert!(ok && out.trim() == t, "{err}");
+
+    // RELOAD re-reads the file: app2 opens for md5_user.
+    std::fs::write(
+        &hba,
+        HBA.replace(
+            "app2      all         127.0.0.1/32   reject",
+            "app2      all         127.0.0.1/32   md5",
+        ),
+    )?;
+    s.signal("HUP")?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    connect(&s.url(m, mp, "app2")).await?.batch_execute("SELECT 1").await?;
+    Ok(())
+}
+
+/// cert: a TLS client certificate signed by client_tls_ca_file whose common name is
+/// the user name is the whole proof; another user with that certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_authentication_takes_the_user_from_the_certificate() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let hba = certs.path().join("hba.conf");
+    std::fs::write(&hba, HBA)?;
+    let s = Sluice::start(&pg, &hba_settings(certs.path(), &hba, "verify-ca"), "")?;
+    let with_cert = |user: &str, password: &str, db: &str| {
+        format!(
+            "{} sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            s.url(user, password, db),
+            certs.path().join("ca.pem").display(),
+            certs.path().join("client.pem").display(),
+            certs.path().join("client.key").display()
+        )
+    };
+    // The certificate says scram_user: no password needed (a wrong one is not asked).
+    let (su, _) = SCRAM_USER;
+    let (ok, out, err) = psql(
+        &pg,
+        &with_cert(su, "not-asked", "app"),
+        &["-Atc", "SELECT current_user"],
+        None,
+    )?;
+    assert!(ok && out.trim() == su, "{err}\n{}", s.log());
+    // md5_user showing scram_user's certificate.
+    let (m, mp) = MD5_USER;
+    let (ok, _, err) = psql(&pg, &with_cert(m, mp, "app2"), &["-c", "SELECT 1"], None)?;
+    assert!(
+        !ok && err.contains(&format!("certificate authentication failed for user \"{m}\"")),
+        "{err}"
+    );
+    // The same user on a md5 line still needs its password, certificate or not.
+    let (ok, _, err) = psql(&pg, &with_cert(m, "wrong", "app"), &["-c", "SELECT 1"], None)?;
+    assert!(!ok && err.contains("password authentication failed"), "{err}");
+    let (ok, _, err) = psql(&pg, &with_cert(m, mp, "app"), &["-Atc", "SELECT 1"], None)?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
+/// A line Sluice cannot honour stops the start (and a reload), naming the line.
+#[test]
+fn an_hba_line_sluice_cannot_honour_is_a_config_error() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let hba = certs.path().join("hba.conf");
+    std::fs::write(
+        &hba,
+        "host all all 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n",
+    )?;
+    let Err(e) = Sluice::start(&pg, &hba_settings(certs.path(), &hba, "prefer"), "") else {
+        anyhow::bail!("Sluice started with an option it cannot honour");
+    };
+    let text = format!("{e:#}");
+    assert!(text.contains("hba.conf: line 2: options after the method"), "{text}");
+    Ok(())
+}

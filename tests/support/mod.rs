@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use sluice_embedded_pg::{free_port, EmbeddedPg, PgOptions};
 
 /// Users the test PostgreSQL knows, by how PostgreSQL authenticates them.
@@ -405,4 +406,45 @@ pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
         series.insert(series_name.to_owned(), value);
     }
     series
+}
+
+/// A CA named `ca_name`, a server certificate it signed for 127.0.0.1 / localhost and
+/// a client certificate for scram_user, as PEM files in `dir`: ca.pem, server.pem,
+/// server.key, client.pem, client.key.
+pub fn certificates(dir: &Path, ca_name: &str) -> Result<()> {
+    certificates_for(dir, ca_name, &["127.0.0.1", "localhost"])
+}
+
+/// [`certificates`] with the server certificate valid for `names` only.
+pub fn certificates_for(dir: &Path, ca_name: &str, names: &[&str]) -> Result<()> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let server = server.signed_by(&key, &ca)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("server.pem"), server.pem())?;
+    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    // A client certificate from the same CA (libpq wants its key private).
+    let client_key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client.distinguished_name.push(DnType::CommonName, SCRAM_USER.0);
+    let client = client.signed_by(&client_key, &ca)?;
+    std::fs::write(dir.join("client.pem"), client.pem())?;
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem())?;
+    std::fs::set_permissions(
+        dir.join("client.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    // The same client, with a certificate that expired in 2021.
+    let mut expired = CertificateParams::new(Vec::<String>::new())?;
+    expired.distinguished_name.push(DnType::CommonName, SCRAM_USER.0);
+    expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    expired.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = expired.signed_by(&client_key, &ca)?;
+    std::fs::write(dir.join("expired.pem"), expired.pem())?;
+    Ok(())
 }

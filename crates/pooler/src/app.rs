@@ -383,6 +383,9 @@ impl App {
         if key.starts_with("server_tls") {
             loaded.server_tls = crate::tls::server(&loaded.config, &loaded.path)?;
         }
+        if key == "auth_type" || key == "auth_hba_file" {
+            loaded.hba = config::hba_rules(&loaded.config, &loaded.path)?;
+        }
         self.apply(&loaded);
         Ok(())
     }

@@ -58,6 +58,8 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// As PgBouncer shows it in SHOW CLIENTS: `TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519`.
     pub description: String,
+    /// The common name of the client certificate, when one was shown and verified.
+    pub peer_cn: Option<String>,
 }
 
 /// Does the TLS handshake on a TCP connection (after an SSLRequest answered 'S', or
@@ -94,9 +96,20 @@ pub async fn accept_tls(
     let info = TlsInfo {
         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
         description: format!("{version}/{suite}/ECDH={group}"),
+        peer_cn: session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|der| common_name(der)),
     };
     let (rd, wr) = split_tls(tls.into());
     Ok((rd, wr, info))
+}
+
+/// The subject's first common name (CN) of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
 }
 
 /// True when a TCP client's first byte opens a TLS handshake (0x16): PostgreSQL 17's

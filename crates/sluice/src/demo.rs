@@ -29,6 +29,7 @@ pub fn run(config_path: &Path) -> Result<()> {
             lanes: Default::default(),
             client_tls: None,
             server_tls: None,
+            hba: None,
         };
         l.config.pool_mode = config::PoolMode::Transaction;
         l.config.listen_addr = "127.0.0.1".into();

@@ -4,6 +4,7 @@
 //! A wrong password and an unknown user look the same to the client, down to the
 //! exchange itself: unknown users get a mock challenge and fail at the proof.
 
+pub mod hba;
 pub mod query;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Handshake<'a> {
     pub rd: &'a mut ReadHalf,
     pub wr: &'a mut WriteHalf,
     pub buf: &'a mut BytesMut,
+    /// The verified TLS client certificate's common name, for `cert`.
+    pub cert_cn: Option<&'a str>,
 }
 
 impl Handshake<'_> {
@@ -157,6 +160,9 @@ pub async fn authenticate(
 ) -> Result<(), ClientError> {
     match auth_type {
         AuthType::Trust | AuthType::Any => Ok(()),
+        AuthType::Cert => certificate(hs, user),
+        // Resolved to one of the above per connection before authenticating.
+        AuthType::Hba => Err(ClientError::protocol("auth_type = hba has no rules loaded")),
         AuthType::Plain => plain(hs, user, secret).await,
         // PgBouncer does SCRAM even under md5 when the stored secret is a SCRAM secret.
         AuthType::Md5 => match secret.map(|s| &s.kind) {
@@ -164,6 +170,24 @@ pub async fn authenticate(
             _ => md5_exchange(hs, user, secret).await,
         },
         AuthType::ScramSha256 => scram(hs, user, secret, learned).await,
+    }
+}
+
+/// `cert`: the client showed a certificate the CA signed (checked in the TLS
+/// handshake, `client_tls_sslmode = verify-ca / verify-full`), and its common name is
+/// the user name.
+fn certificate(hs: &Handshake<'_>, user: &str) -> Result<(), ClientError> {
+    use sluice_wire::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION as CODE;
+    match hs.cert_cn {
+        None => Err(ClientError::fatal(CODE, "TLS client certificate required").hint(
+            "cert authentication needs TLS with a client certificate: set client_tls_sslmode = verify-ca and client_tls_ca_file, and connect with sslcert/sslkey",
+        )),
+        Some(cn) if cn == user => Ok(()),
+        Some(cn) => Err(ClientError::fatal(
+            CODE,
+            format!("certificate authentication failed for user \"{user}\""),
+        )
+        .hint(format!("the certificate's common name is \"{cn}\": it must be the user name"))),
     }
 }
 

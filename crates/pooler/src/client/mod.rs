@@ -36,6 +36,10 @@ pub struct ClientConn {
     pub scan: Scanner,
     /// The TLS session's protocol, cipher and key exchange; None in plaintext.
     pub tls: Option<String>,
+    /// The verified client certificate's common name (TLS with a client certificate).
+    pub cert_cn: Option<String>,
+    /// The client's address; None on a Unix socket.
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 /// Counts the client against max_client_conn while it is connected.
@@ -66,6 +70,7 @@ enum LoggedIn {
 pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
     let id = app.next_client_id();
     let endpoints = stream.endpoints();
+    let peer_ip = endpoints.addr.parse().ok();
     let span = info_span!("client", id, peer = %peer);
     async move {
         let current = app.current();
@@ -78,6 +83,8 @@ pub async fn serve(app: Arc<App>, stream: Stream, peer: String) {
             buf: BytesMut::with_capacity(4096),
             scan: Scanner::new(current.config.max_packet_size, 64 * 1024),
             tls: None,
+            cert_cn: None,
+            peer_ip,
         };
         let registration = app.cancels.register(id, endpoints);
         let login = login(&app, &mut client, connected, &registration);
@@ -167,16 +174,20 @@ async fn login(
         info!(db, user, "login attempt");
     }
 
+    let method = match (current.config.auth_type, &current.loaded.hba) {
+        (AuthType::Hba, Some(rules)) => hba_method(rules, client, db, user)?,
+        (t, _) => t,
+    };
     // auth_file first; users it does not list are looked up with auth_query (not for
     // the console, whose users are Sluice's own).
     let looked_up = match current.secret(user) {
-        None if !admin && current.config.auth_type != AuthType::Any => auth::query::lookup(app, db, user).await?,
+        None if !admin && method != AuthType::Any => auth::query::lookup(app, db, user).await?,
         _ => None,
     };
     let secret = current
         .secret(user)
         .or_else(|| looked_up.as_ref().and_then(|(_, answer)| answer.as_deref()));
-    if current.config.auth_type == AuthType::Trust && secret.is_none() {
+    if method == AuthType::Trust && secret.is_none() {
         // PgBouncer's trust still requires the user to be known (auth_file, auth_query).
         return Err(ClientError::password_failed(user));
     }
@@ -184,9 +195,9 @@ async fn login(
         rd: &mut client.rd,
         wr: &mut client.wr,
         buf: &mut client.buf,
+        cert_cn: client.cert_cn.as_deref(),
     };
-    let authenticated =
-        auth::authenticate(&mut hs, current.config.auth_type, user, secret, &current.learned_keys).await;
+    let authenticated = auth::authenticate(&mut hs, method, user, secret, &current.learned_keys).await;
     if let (Err(_), Some((key, _))) = (&authenticated, &looked_up) {
         // The password may have changed since the answer: ask again next time.
         current.auth_cache.forget(key);
@@ -262,6 +273,44 @@ async fn login(
         tls: client.tls.clone().unwrap_or_default(),
     });
     Ok(Some(LoggedIn::Pool(route, SessionState::new(desired, sets))))
+}
+
+/// The method `auth_hba_file` chooses for this connection, or PostgreSQL's refusal.
+fn hba_method(rules: &auth::hba::HbaRules, client: &ClientConn, db: &str, user: &str) -> Result<AuthType, ClientError> {
+    use auth::hba::Method;
+    let connection = auth::hba::Connection {
+        peer: client.peer_ip,
+        tls: client.tls.is_some(),
+        database: db,
+        user,
+    };
+    // PostgreSQL's wording, so clients and log searches recognise it.
+    let host = client.peer_ip.map_or("[local]".to_owned(), |ip| ip.to_string());
+    let encryption = if client.tls.is_some() {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let refused = |what: &str| {
+        ClientError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("{what} for host \"{host}\", user \"{user}\", database \"{db}\", {encryption}"),
+        )
+    };
+    match rules.decide(&connection) {
+        None => Err(refused("no pg_hba.conf entry")
+            .hint("no line of auth_hba_file matches this connection: add one (Sluice's, not PostgreSQL's)")),
+        Some(d) => match d.method {
+            Method::Reject => {
+                Err(refused("pg_hba.conf rejects connection").hint(format!("auth_hba_file line {} rejects it", d.line)))
+            }
+            Method::Trust => Ok(AuthType::Trust),
+            Method::Md5 => Ok(AuthType::Md5),
+            Method::ScramSha256 => Ok(AuthType::ScramSha256),
+            Method::Password => Ok(AuthType::Plain),
+            Method::Cert => Ok(AuthType::Cert),
+        },
+    }
 }
 
 /// Best effort: the client may already be gone.

@@ -85,6 +85,7 @@ async fn handshake(client: &mut ClientConn, tls: &ClientTls, direct: bool) -> Re
     client.rd = rd;
     client.wr = wr;
     client.tls = Some(info.description);
+    client.cert_cn = info.peer_cn;
     if direct && info.alpn.as_deref() != Some(b"postgresql".as_slice()) {
         return Err(ClientError::protocol(
             "received direct SSL connection request without ALPN protocol negotiation extension",

@@ -88,6 +88,12 @@ pub enum AuthType {
     /// PgBouncer's `any`: any user name, no password.
     #[serde(rename = "any")]
     Any,
+    /// A TLS client certificate whose common name is the user name.
+    #[serde(rename = "cert")]
+    Cert,
+    /// Per connection, from `auth_hba_file` (pg_hba.conf format).
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 impl fmt::Display for AuthType {
@@ -98,6 +104,8 @@ impl fmt::Display for AuthType {
             AuthType::Plain => "plain",
             AuthType::Trust => "trust",
             AuthType::Any => "any",
+            AuthType::Cert => "cert",
+            AuthType::Hba => "hba",
         })
     }
 }
@@ -467,6 +475,8 @@ pub struct Loaded {
     pub client_tls: Option<Arc<crate::tls::ClientTls>>,
     /// TLS to PostgreSQL (None: `server_tls_sslmode = disable`).
     pub server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// `auth_hba_file`'s rules, read at load when `auth_type = hba`.
+    pub hba: Option<Arc<crate::auth::hba::HbaRules>>,
 }
 
 /// Where a config comes from: the file, and the environment that overrides it.
@@ -558,6 +568,10 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         file: path.to_path_buf(),
         message,
     })?;
+    let hba = hba_rules(&config, path).map_err(|message| ConfigError::File {
+        file: path.to_path_buf(),
+        message,
+    })?;
 
     let ignored = raw
         .settings
@@ -591,7 +605,22 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         lanes,
         client_tls,
         server_tls,
+        hba,
     })
+}
+
+/// `auth_hba_file`'s rules when `auth_type = hba` (None otherwise).
+pub fn hba_rules(config: &Config, path: &Path) -> Result<Option<Arc<crate::auth::hba::HbaRules>>, String> {
+    if config.auth_type != AuthType::Hba {
+        return Ok(None);
+    }
+    let file = config
+        .auth_hba_file
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .ok_or("auth_type = hba needs auth_hba_file (a file in pg_hba.conf format)")?;
+    let rules = crate::auth::hba::HbaRules::load(&resolve(path, file))?;
+    Ok(Some(Arc::new(rules)))
 }
 
 /// Resolves a path named in a config file. PgBouncer takes relative paths from the
