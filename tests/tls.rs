@@ -442,3 +442,144 @@ async fn an_idle_tls_server_closed_by_postgres_is_replaced_unseen() -> Result<()
     assert_ne!(first, second, "a new server");
     Ok(())
 }
+
+/// client_tls_protocols / client_tls_ciphers narrow what is offered; SHOW CLIENTS
+/// names the result as PgBouncer does (OpenSSL names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_protocols_and_ciphers_follow_the_settings() -> Result<()> {
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let (u, p) = SCRAM_USER;
+    let settings = format!(
+        "{}\nclient_tls_protocols = \"tlsv1.2\"\nclient_tls_ciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256\"",
+        tls_settings(certs.path(), "require")
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let console = format!("{} sslmode=require", s.url(u, p, "pgbouncer"));
+    let (ok, out, err) = psql(&pg, &console, &["-Atc", "SHOW CLIENTS"], None)?;
+    assert!(
+        ok && out.contains("|TLSv1.2/ECDHE-ECDSA-AES128-GCM-SHA256/ECDH="),
+        "{out}{err}"
+    );
+    // A client that insists on TLS 1.3 finds nothing to agree on.
+    let (ok, _, err) = psql(
+        &pg,
+        &format!(
+            "{} sslmode=require ssl_min_protocol_version=TLSv1.3",
+            s.url(u, p, "app")
+        ),
+        &["-c", "SELECT 1"],
+        None,
+    )?;
+    assert!(!ok, "TLS 1.3 only against a TLS 1.2 only pooler: {err}");
+    drop(s);
+
+    let settings = format!(
+        "{}\nclient_tls_protocols = \"tlsv1.3\"",
+        tls_settings(certs.path(), "require")
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let (ok, _, err) = psql(
+        &pg,
+        &format!(
+            "{} sslmode=require ssl_max_protocol_version=TLSv1.2",
+            s.url(u, p, "app")
+        ),
+        &["-c", "SELECT 1"],
+        None,
+    )?;
+    assert!(!ok, "TLS 1.2 only against a TLS 1.3 only pooler: {err}");
+    drop(s);
+
+    // A cipher nobody knows stops the start, naming the setting.
+    let settings = format!(
+        "{}\nclient_tls_ciphers = \"ECDHE-RSA-AES128-SHA999\"",
+        tls_settings(certs.path(), "require")
+    );
+    let Err(e) = Sluice::start(&pg, &settings, "") else {
+        anyhow::bail!("Sluice started with an unknown cipher");
+    };
+    assert!(format!("{e:#}").contains("client_tls_ciphers"), "{e:#}");
+    Ok(())
+}
+
+/// Real TLS clients besides psql: tokio-postgres with rustls (verifying the chain and
+/// host name, and showing a client certificate) and psycopg with sslmode=verify-full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_rustls_and_psycopg_verify_full() -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pg = postgres()?;
+    let certs = tempfile::tempdir()?;
+    certificates(certs.path(), "Sluice test CA")?;
+    let settings = format!(
+        "{}\nclient_tls_ca_file = \"{}\"",
+        tls_settings(certs.path(), "verify-full"),
+        certs.path().join("ca.pem").display()
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let (u, p) = SCRAM_USER;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(certs.path().join("ca.pem"))?)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(certs.path().join("client.pem"))?],
+            PrivateKeyDer::from_pem_file(certs.path().join("client.key"))?,
+        )?;
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+    let (client, conn) = tokio_postgres::connect(&format!("{} sslmode=require", s.url(u, p, "app")), tls).await?;
+    tokio::spawn(conn);
+    let n: i64 = client.query_one("SELECT count(*) FROM items", &[]).await?.get(0);
+    assert_eq!(n, 100);
+
+    let python = python_with_psycopg()?;
+    let script = format!(
+        "import psycopg\n\
+         with psycopg.connect('{} sslmode=verify-full sslrootcert={} sslcert={} sslkey={}') as c:\n\
+         \x20   print(c.execute('SELECT 6 * 7').fetchone()[0], c.pgconn.ssl_in_use)\n",
+        s.url(u, p, "app"),
+        certs.path().join("ca.pem").display(),
+        certs.path().join("client.pem").display(),
+        certs.path().join("client.key").display()
+    );
+    let out = std::process::Command::new(python).args(["-c", &script]).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "42 True",
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// server_tls_protocols / server_tls_ciphers: what PostgreSQL itself reports for the
+/// server connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_protocols_and_ciphers_reach_postgres() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    certificates_for(certs.path(), "Sluice test CA", &["127.0.0.1"])?;
+    let pg = postgres_with_tls(certs.path())?;
+    let (u, p) = SCRAM_USER;
+    let settings = format!(
+        "{}\nserver_tls_protocols = \"tlsv1.2\"\nserver_tls_ciphers = \"ECDHE-ECDSA-AES256-GCM-SHA384\"",
+        server_tls_settings(certs.path(), "verify-full", true)
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let c = connect(&s.url(u, p, "app")).await?;
+    let row = c
+        .query_one(
+            "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("TLSv1.2".into(), "ECDHE-ECDSA-AES256-GCM-SHA384".into())
+    );
+    Ok(())
+}

@@ -84,15 +84,18 @@ pub async fn accept_tls(
         .and_then(|v| v.as_str())
         .unwrap_or("TLS")
         .replace('_', ".");
+    // OpenSSL's names, as PgBouncer shows them.
     let suite = session
         .negotiated_cipher_suite()
-        .and_then(|s| s.suite().as_str())
+        .map(|s| s.suite())
+        .and_then(|s| crate::tls::policy::openssl_name(s).or(s.as_str()))
         .unwrap_or("")
         .replace("TLS13_", "TLS_");
-    let group = session
-        .negotiated_key_exchange_group()
-        .and_then(|g| g.name().as_str())
-        .unwrap_or("");
+    let group = match session.negotiated_key_exchange_group().and_then(|g| g.name().as_str()) {
+        Some("secp256r1") => "prime256v1",
+        Some(name) => name,
+        None => "",
+    };
     let info = TlsInfo {
         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
         description: format!("{version}/{suite}/ECDH={group}"),

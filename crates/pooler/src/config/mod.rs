@@ -192,6 +192,10 @@ pub struct Config {
     pub client_tls_key_file: Option<String>,
     pub client_tls_cert_file: Option<String>,
     pub client_tls_ca_file: Option<String>,
+    /// TLS versions offered to clients (libtls syntax: `secure`, `tlsv1.3`, ...).
+    pub client_tls_protocols: String,
+    /// TLS 1.2 cipher suites offered to clients (OpenSSL syntax or a shortcut).
+    pub client_tls_ciphers: String,
     /// TLS to PostgreSQL: `allow`/`prefer` use it when the server offers it,
     /// `require` insists (no certificate check), `verify-ca` checks the chain against
     /// `server_tls_ca_file`, `verify-full` also the host name.
@@ -200,6 +204,8 @@ pub struct Config {
     /// A client certificate for the server (both or neither).
     pub server_tls_cert_file: Option<String>,
     pub server_tls_key_file: Option<String>,
+    pub server_tls_protocols: String,
+    pub server_tls_ciphers: String,
     pub admin_users: String,
     pub stats_users: String,
     pub log_connections: bool,
@@ -283,10 +289,14 @@ impl Default for Config {
             client_tls_key_file: None,
             client_tls_cert_file: None,
             client_tls_ca_file: None,
+            client_tls_protocols: "secure".into(),
+            client_tls_ciphers: "fast".into(),
             server_tls_sslmode: TlsMode::Disable,
             server_tls_ca_file: None,
             server_tls_cert_file: None,
             server_tls_key_file: None,
+            server_tls_protocols: "secure".into(),
+            server_tls_ciphers: "fast".into(),
             admin_users: String::new(),
             stats_users: String::new(),
             log_connections: true,

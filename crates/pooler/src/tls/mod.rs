@@ -7,6 +7,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod policy;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -54,10 +56,10 @@ pub fn client(config: &Config, config_path: &Path) -> Result<Option<Arc<ClientTl
     let key_file = resolve(config_path, &need("client_tls_key_file", &config.client_tls_key_file)?);
     let certs = read_certs("client_tls_cert_file", &cert_file)?;
     let key = read_key("client_tls_key_file", &key_file)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS protocol versions: {e}"))?;
+    let policy = policy::build("client_tls", &config.client_tls_protocols, &config.client_tls_ciphers)?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(policy.provider))
+        .with_protocol_versions(&policy.versions)
+        .map_err(|e| format!("client_tls_protocols / client_tls_ciphers: {e}"))?;
     let builder = if mode >= TlsMode::VerifyCa {
         let ca_file = resolve(config_path, &need("client_tls_ca_file", &config.client_tls_ca_file)?);
         let roots = read_roots("client_tls_ca_file", &ca_file)?;
@@ -159,6 +161,7 @@ pub fn server(config: &Config, config_path: &Path) -> Result<Option<Arc<ServerTl
     }
     let mut identity = std::collections::hash_map::DefaultHasher::new();
     mode.hash(&mut identity);
+    (&config.server_tls_protocols, &config.server_tls_ciphers).hash(&mut identity);
     let mut read = |key: &str, name: &Option<String>| -> Result<Option<std::path::PathBuf>, String> {
         let Some(name) = name.as_deref().filter(|n| !n.is_empty()) else {
             return Ok(None);
@@ -171,10 +174,11 @@ pub fn server(config: &Config, config_path: &Path) -> Result<Option<Arc<ServerTl
     let ca_file = read("server_tls_ca_file", &config.server_tls_ca_file)?;
     let cert_file = read("server_tls_cert_file", &config.server_tls_cert_file)?;
     let key_file = read("server_tls_key_file", &config.server_tls_key_file)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let policy = policy::build("server_tls", &config.server_tls_protocols, &config.server_tls_ciphers)?;
+    let provider = Arc::new(policy.provider);
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS protocol versions: {e}"))?;
+        .with_protocol_versions(&policy.versions)
+        .map_err(|e| format!("server_tls_protocols / server_tls_ciphers: {e}"))?;
     let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if mode >= TlsMode::VerifyCa {
         let ca_file = ca_file.ok_or_else(|| format!("server_tls_sslmode = {mode} needs server_tls_ca_file"))?;
         let roots = read_roots("server_tls_ca_file", &ca_file)?;
