@@ -11,9 +11,11 @@
 # clients log in to the poolers with SCRAM-SHA-256 as user "bench" (the poolers log in
 # to PostgreSQL with SCRAM too, from the plaintext password in the userlist);
 # AUTH=scram-secret puts PostgreSQL's SCRAM secret in the userlist instead (no
-# plaintext anywhere; the poolers' server logins go as the trusted postgres user, since
-# SCRAM pass-through is not in Sluice yet). TLS=1 makes every client connection TLS
-# (client_tls_sslmode = require, a self-signed certificate made with openssl).
+# plaintext anywhere: both poolers log in to PostgreSQL by SCRAM pass-through, with the
+# keys the clients' logins revealed). AUTH=auth-query lists no "bench" at all: its
+# secret is looked up with PgBouncer's default auth_query as auth_user postgres
+# (PgBouncer: a query per login; Sluice: cached). TLS=1 makes every client connection
+# TLS (client_tls_sslmode = require, a self-signed certificate made with openssl).
 #
 # Needs the PostgreSQL server binaries and pgbouncer (apt-get install pgbouncer).
 # Prints a Markdown table; raw pgbench output goes to $OUT (default benches/results/).
@@ -61,10 +63,14 @@ shared_buffers = 256MB
 fsync = off
 synchronous_commit = off
 CONF
+# auth-query: pg_stat_statements counts the lookups PostgreSQL runs for each pooler.
+[ "$AUTH" = auth-query ] && echo "shared_preload_libraries = 'pg_stat_statements'" >> "$WORK/data/postgresql.conf"
 as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
+pg_sql() { as_pg "$PG_BIN/psql" -Atq -h 127.0.0.1 -p "$PGPORT" -U postgres postgres -c "$1"; }
+[ "$AUTH" = auth-query ] && pg_sql "CREATE EXTENSION pg_stat_statements" >/dev/null
 as_pg "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
 DB_USER=postgres
-if [ "$AUTH" = scram ] || [ "$AUTH" = scram-secret ]; then
+if [ "$AUTH" != trust ]; then
     DB_USER=bench
     as_pg "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres postgres -c \
         "SET password_encryption = 'scram-sha-256'; CREATE ROLE bench LOGIN PASSWORD 'bench_pw'; GRANT pg_read_all_data, pg_write_all_data TO bench" >/dev/null
@@ -92,18 +98,20 @@ elif [ "$AUTH" = scram-secret ]; then
     secret=$(as_pg "$PG_BIN/psql" -Atq -h 127.0.0.1 -p "$PGPORT" -U postgres postgres -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")
     echo "\"bench\" \"$secret\"" > "$WORK/userlist.txt"
 else
+    # trust, and auth-query's auth_user (trusted by PostgreSQL here).
     echo '"postgres" ""' > "$WORK/userlist.txt"
 fi
 write_ini() { # port socket-dir
     cat <<INI
 [databases]
-postgres = host=127.0.0.1 port=$PGPORT dbname=postgres$([ "$AUTH" = scram-secret ] && echo " user=postgres")
+postgres = host=127.0.0.1 port=$PGPORT dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $1
 unix_socket_dir = $2
 auth_type = $([ "$AUTH" = trust ] && echo trust || echo scram-sha-256)
 auth_file = $WORK/userlist.txt
+$([ "$AUTH" = auth-query ] && echo "auth_user = postgres")
 $TLS_INI
 pool_mode = transaction
 default_pool_size = $POOL
@@ -142,6 +150,7 @@ echo "|---|---|---|---|---|---|---|"
 } | tee "$OUT/summary.md"
 
 declare -A TPS
+LOOKUPS=""
 for w in $WORKLOADS; do
     kind=${w%%:*}; clients=${w##*:}
     case $kind in
@@ -155,6 +164,7 @@ for w in $WORKLOADS; do
     for t in $TARGETS; do
         pid=$(pid_of "$t")
         before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+        [ "$AUTH" = auth-query ] && pg_sql "SELECT pg_stat_statements_reset()" >/dev/null
         log="$OUT/$kind-$clients-$t.log"
         as_pg env PGSSLMODE="$(sslmode_for "$t")" "$PG_BIN/pgbench" "${args[@]}" -c "$clients" -j 2 -T "$DURATION" -n \
             -h 127.0.0.1 -p "$(port_of "$t")" -U "$DB_USER" postgres > "$log" 2>&1 || true
@@ -169,6 +179,10 @@ for w in $WORKLOADS; do
             cpu=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$txns" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }')
         fi
         TPS[$kind-$clients-$t]=${tps:-0}
+        if [ "$AUTH" = auth-query ] && [ -n "$pid" ]; then
+            lookups=$(pg_sql "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query ILIKE '%FROM pg_authid WHERE rolname%'")
+            LOOKUPS+="$t ran auth_query $lookups times for ${txns:-0} logins ($kind, $clients clients). "
+        fi
         echo "| $kind | $clients | $t | ${tps:-FAILED} | ${lat:--} | ${failed:-?} (error lines: $errors) | $cpu |" | tee -a "$OUT/summary.md"
     done
     if [ -n "${TPS[$kind-$clients-pgbouncer]:-}" ] && [ -n "${TPS[$kind-$clients-sluice]:-}" ]; then
@@ -185,5 +199,6 @@ for w in $WORKLOADS; do
             'BEGIN { if (b > 0) printf "| prepared vs select | %s | **Sluice -M prepared / PgBouncer -M simple** | **%.2f×** | | | |\n", c, s / b }' | tee -a "$OUT/summary.md"
     fi
 done
+[ -n "${LOOKUPS:-}" ] && { echo; echo "$LOOKUPS"; } | tee -a "$OUT/summary.md"
 echo
 echo "raw output: $OUT"

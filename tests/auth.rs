@@ -178,7 +178,7 @@ async fn auth_query_looks_up_users_and_caches_the_answers() -> Result<()> {
     Ok(())
 }
 
-/// PgBouncer's default query needs pg_shadow, which only superusers may read: an
+/// PgBouncer's default query reads pg_authid, which only superusers may: an
 /// auth_user without the right gets PostgreSQL's reason, and so does the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_auth_query_tells_the_client_why() -> Result<()> {

@@ -1,6 +1,6 @@
 //! `auth_query`: secrets of users not in `auth_file`, looked up in PostgreSQL as
-//! `auth_user` (PgBouncer's default: `SELECT usename, passwd FROM pg_shadow WHERE
-//! usename=$1`).
+//! `auth_user` (PgBouncer's default reads `pg_authid`: the secret, NULL once
+//! `rolvaliduntil` has passed, only for roles that may log in).
 //!
 //! PgBouncer runs the query for every login (its issue #1302: a connection storm
 //! becomes a query storm). Sluice keeps each answer for `auth_query_cache_ttl`

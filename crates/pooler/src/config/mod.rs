@@ -282,7 +282,7 @@ impl Default for Config {
             auth_file: None,
             auth_hba_file: None,
             auth_user: None,
-            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into(),
+            auth_query: "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin".into(),
             auth_dbname: None,
             auth_query_cache_ttl: 60.0,
             client_tls_sslmode: TlsMode::Disable,
