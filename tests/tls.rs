@@ -64,10 +64,16 @@ async fn require_serves_tls_clients_and_refuses_plaintext_with_pgbouncers_error(
     let (ok, _, err) = psql(&pg, &url, &["-c", "SELECT 1"], None)?;
     assert!(!ok && err.contains("certificate verify failed"), "{err}");
 
-    // A wrong password over TLS is PostgreSQL's error, as without TLS.
-    let wrong = format!("{} sslmode=require", s.url(u, "wrong", "app"));
-    let (ok, _, err) = psql(&pg, &wrong, &["-c", "SELECT 1"], None)?;
-    assert!(!ok && err.contains("password authentication failed for user"), "{err}");
+    // A wrong password over TLS is PostgreSQL's error, as without TLS, for a database
+    // and for the admin console alike.
+    for db in ["app", "pgbouncer"] {
+        let wrong = format!("{} sslmode=require", s.url(u, "wrong", db));
+        let (ok, _, err) = psql(&pg, &wrong, &["-c", "SELECT 1"], None)?;
+        assert!(
+            !ok && err.contains("password authentication failed for user"),
+            "{db}: {err}"
+        );
+    }
 
     // Other clients are unaffected by the failures above.
     let (ok, out, _) = psql(
@@ -216,10 +222,13 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
     assert!(ok && out.trim() == "1", "{err}\n{}", s.log());
     let (ok, _, err) = psql(&pg, &with_cert(other.path()), &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "a client certificate from another CA is refused: {err}");
+    // The client is told why by the TLS alert (no ErrorResponse without a session).
+    assert!(err.contains("alert unknown ca"), "{err}");
     assert!(logged(&s, "UnknownIssuer"), "the log names the cause:\n{}", s.log());
     let expired = with_cert(certs.path()).replace("client.pem", "expired.pem");
     let (ok, _, err) = psql(&pg, &expired, &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "an expired client certificate is refused: {err}");
+    assert!(err.contains("alert certificate expired"), "{err}");
     assert!(
         logged(&s, "certificate expired"),
         "the log names the cause:\n{}",
@@ -232,6 +241,7 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
     );
     let (ok, _, err) = psql(&pg, &no_cert, &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "no client certificate is refused: {err}");
+    assert!(err.contains("alert certificate required"), "{err}");
     assert!(logged(&s, "TLS handshake failed"), "{}", s.log());
     Ok(())
 }
