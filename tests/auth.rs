@@ -185,15 +185,27 @@ async fn a_failing_auth_query_tells_the_client_why() -> Result<()> {
     let pg = postgres()?;
     auth_lookup_setup(&pg)?;
     let settings = "auth_type = \"md5\"\nauth_user = \"auth_lookup\"";
-    let s = Sluice::start_with_userlist(&pg, settings, "", "\"auth_lookup\" \"lookup_pw\"\n")?;
+    // A database entry with its own auth_query (the SECURITY DEFINER function).
+    let extra = format!(
+        "[databases.postgres]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         [databases.viafunction]\nhost = \"127.0.0.1\"\nport = {port}\ndbname = \"app\"\n\
+         auth_dbname = \"postgres\"\nauth_query = \"SELECT * FROM lookup($1)\"\n",
+        port = pg.port()
+    );
+    let s = Sluice::start_with_userlist(&pg, settings, &extra, "\"auth_lookup\" \"lookup_pw\"\n")?;
     let (u, p) = SCRAM_USER;
     let e = refused(connect(&s.url(u, p, "app")).await, "auth_query without rights");
     let (code, msg) = db_error(&e);
     assert_eq!(code, "28000");
     assert!(
-        msg.contains("auth_query failed") && msg.contains("permission denied"),
+        msg.contains("auth_query failed") && msg.contains("permission denied for table pg_authid"),
         "{msg}"
     );
+    connect(&s.url(u, p, "viafunction"))
+        .await?
+        .batch_execute("SELECT 1")
+        .await?;
+    assert_eq!(auth_calls(&pg, u)?, 1, "the entry's own auth_query ran");
     // Other clients are unaffected: a user in auth_file needs no lookup.
     let (t, tp) = TRUST_USER;
     std::fs::write(

@@ -56,6 +56,11 @@ struct Lookup {
 /// Who runs the query for logins to `db`, and in which database: the database
 /// entry's `auth_user` / `auth_dbname`, else the global ones. None without auth_user.
 pub fn query_target(config: &Config, db: &str) -> Option<(String, String)> {
+    query_target_and_sql(config, db).map(|(user, query_db, _)| (user, query_db))
+}
+
+/// [`query_target`] and the query: the database entry's `auth_query`, else the global.
+fn query_target_and_sql(config: &Config, db: &str) -> Option<(String, String, String)> {
     let entry = config.databases.get(db).or_else(|| config.databases.get("*"));
     let auth_user = entry
         .and_then(|e| e.auth_user.clone())
@@ -66,7 +71,11 @@ pub fn query_target(config: &Config, db: &str) -> Option<(String, String)> {
         .or_else(|| config.auth_dbname.clone())
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| db.to_owned());
-    Some((auth_user, query_db))
+    let sql = entry
+        .and_then(|e| e.auth_query.clone())
+        .filter(|q| !q.trim().is_empty())
+        .unwrap_or_else(|| config.auth_query.clone());
+    Some((auth_user, query_db, sql))
 }
 
 impl AuthCache {
@@ -120,7 +129,7 @@ impl Lookup {
 /// (no auth_user), else the key (to forget it if the login fails) and the answer.
 pub async fn lookup(app: &App, db: &str, user: &str) -> Result<Option<(LookupKey, Answer)>, ClientError> {
     let current = app.current();
-    let Some((auth_user, query_db)) = query_target(&current.config, db) else {
+    let Some((auth_user, query_db, sql)) = query_target_and_sql(&current.config, db) else {
         return Ok(None);
     };
     let key = (query_db.clone(), user.to_owned());
@@ -129,7 +138,7 @@ pub async fn lookup(app: &App, db: &str, user: &str) -> Result<Option<(LookupKey
     let answer = lookup
         .answer
         .get_or_try_init(|| async {
-            let answer = run(app, &query_db, &auth_user, &current.config.auth_query, user).await?;
+            let answer = run(app, &query_db, &auth_user, &sql, user).await?;
             debug!(user, db = %query_db, found = answer.is_some(), "auth_query answered");
             current.auth_cache.remember(&key, &answer);
             Ok::<_, ClientError>(answer)

@@ -194,6 +194,7 @@ pub const DATABASE: &[&str] = &[
     "password",
     "auth_user",
     "auth_dbname",
+    "auth_query",
     "pool_size",
     "min_pool_size",
     "reserve_pool",

@@ -134,6 +134,8 @@ pub struct DatabaseConfig {
     pub auth_user: Option<String>,
     /// The database auth_query runs in for this database's logins.
     pub auth_dbname: Option<String>,
+    /// This database's own auth_query (PgBouncer 1.22+).
+    pub auth_query: Option<String>,
     pub application_name: Option<String>,
     pub client_encoding: Option<String>,
     pub datestyle: Option<String>,
