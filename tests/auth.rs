@@ -315,13 +315,7 @@ async fn cert_authentication_takes_the_user_from_the_certificate() -> Result<()>
     std::fs::write(&hba, HBA)?;
     let s = Sluice::start(&pg, &hba_settings(certs.path(), &hba, "verify-ca"), "")?;
     let with_cert = |user: &str, password: &str, db: &str| {
-        format!(
-            "{} sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
-            s.url(user, password, db),
-            certs.path().join("ca.pem").display(),
-            certs.path().join("client.pem").display(),
-            certs.path().join("client.key").display()
-        )
+        verify_full(&s.url(user, password, db), certs.path(), Some(certs.path()))
     };
     // The certificate says scram_user: no password needed (a wrong one is not asked).
     let (su, _) = SCRAM_USER;

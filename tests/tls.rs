@@ -25,15 +25,10 @@ async fn require_serves_tls_clients_and_refuses_plaintext_with_pgbouncers_error(
     certificates(certs.path(), "Sluice test CA")?;
     let s = Sluice::start(&pg, &tls_settings(certs.path(), "require"), "")?;
     let (u, p) = SCRAM_USER;
-    let ca = certs.path().join("ca.pem");
 
     // psql checks the chain and the host name: this only succeeds over TLS with the
     // configured certificate.
-    let url = format!(
-        "{} sslmode=verify-full sslrootcert={}",
-        s.url(u, p, "app"),
-        ca.display()
-    );
+    let url = verify_full(&s.url(u, p, "app"), certs.path(), None);
     let (ok, out, err) = psql(&pg, &url, &["-Atc", "SELECT 6 * 7"], None)?;
     assert!(ok && out.trim() == "42", "psql over TLS: {out} {err}\n{}", s.log());
     // SHOW CLIENTS' tls column, as PgBouncer fills it (the console's own client).
@@ -93,11 +88,7 @@ async fn prefer_serves_both_and_disable_declines_tls() -> Result<()> {
     certificates(certs.path(), "Sluice test CA")?;
     let s = Sluice::start(&pg, &tls_settings(certs.path(), "prefer"), "")?;
     let (u, p) = SCRAM_USER;
-    let verify = format!(
-        "{} sslmode=verify-full sslrootcert={}",
-        s.url(u, p, "app"),
-        certs.path().join("ca.pem").display()
-    );
+    let verify = verify_full(&s.url(u, p, "app"), certs.path(), None);
     let (ok, out, err) = psql(&pg, &verify, &["-Atc", "SELECT 1"], None)?;
     assert!(ok && out.trim() == "1", "{err}");
     connect(&s.url(u, p, "app")).await?.batch_execute("SELECT 1").await?;
@@ -209,15 +200,7 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
     );
     let s = Sluice::start(&pg, &settings, "")?;
     let (u, p) = SCRAM_USER;
-    let with_cert = |dir: &Path| {
-        format!(
-            "{} sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
-            s.url(u, p, "app"),
-            certs.path().join("ca.pem").display(),
-            dir.join("client.pem").display(),
-            dir.join("client.key").display()
-        )
-    };
+    let with_cert = |dir: &Path| verify_full(&s.url(u, p, "app"), certs.path(), Some(dir));
     let (ok, out, err) = psql(&pg, &with_cert(certs.path()), &["-Atc", "SELECT 1"], None)?;
     assert!(ok && out.trim() == "1", "{err}\n{}", s.log());
     let (ok, _, err) = psql(&pg, &with_cert(other.path()), &["-Atc", "SELECT 1"], None)?;
@@ -234,11 +217,7 @@ async fn verify_ca_asks_for_a_client_certificate_from_the_ca() -> Result<()> {
         "the log names the cause:\n{}",
         s.log()
     );
-    let no_cert = format!(
-        "{} sslmode=verify-full sslrootcert={}",
-        s.url(u, p, "app"),
-        certs.path().join("ca.pem").display()
-    );
+    let no_cert = verify_full(&s.url(u, p, "app"), certs.path(), None);
     let (ok, _, err) = psql(&pg, &no_cert, &["-Atc", "SELECT 1"], None)?;
     assert!(!ok, "no client certificate is refused: {err}");
     assert!(err.contains("alert certificate required"), "{err}");
@@ -550,12 +529,9 @@ async fn tokio_postgres_rustls_and_psycopg_verify_full() -> Result<()> {
     let python = python_with_psycopg()?;
     let script = format!(
         "import psycopg\n\
-         with psycopg.connect('{} sslmode=verify-full sslrootcert={} sslcert={} sslkey={}') as c:\n\
+         with psycopg.connect('{}') as c:\n\
          \x20   print(c.execute('SELECT 6 * 7').fetchone()[0], c.pgconn.ssl_in_use)\n",
-        s.url(u, p, "app"),
-        certs.path().join("ca.pem").display(),
-        certs.path().join("client.pem").display(),
-        certs.path().join("client.key").display()
+        verify_full(&s.url(u, p, "app"), certs.path(), Some(certs.path()))
     );
     let out = std::process::Command::new(python).args(["-c", &script]).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -448,3 +448,21 @@ pub fn certificates_for(dir: &Path, ca_name: &str, names: &[&str]) -> Result<()>
     std::fs::write(dir.join("expired.pem"), expired.pem())?;
     Ok(())
 }
+
+/// `url` for libpq clients with `sslmode=verify-full` against the CA in `ca_dir`
+/// (ca.pem), showing the client certificate in `client_dir` (client.pem / client.key)
+/// if given.
+pub fn verify_full(url: &str, ca_dir: &Path, client_dir: Option<&Path>) -> String {
+    let mut out = format!(
+        "{url} sslmode=verify-full sslrootcert={}",
+        ca_dir.join("ca.pem").display()
+    );
+    if let Some(dir) = client_dir {
+        out += &format!(
+            " sslcert={} sslkey={}",
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        );
+    }
+    out
+}

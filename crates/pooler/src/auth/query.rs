@@ -53,36 +53,34 @@ struct Lookup {
     answer: OnceCell<Answer>,
 }
 
-/// Who runs the query for logins to `db`, and in which database: the database
-/// entry's `auth_user` / `auth_dbname`, else the global ones. None without auth_user.
-pub fn query_target(config: &Config, db: &str) -> Option<(String, String)> {
-    query_target_and_sql(config, db).map(|(user, query_db, _)| (user, query_db))
+/// Who runs the query for logins to `db`, in which database, and which query: the
+/// database entry's `auth_user` / `auth_dbname` / `auth_query`, else the global ones.
+struct Target<'a> {
+    auth_user: &'a str,
+    query_db: &'a str,
+    sql: &'a str,
 }
 
-/// [`query_target`] and the query: the database entry's `auth_query`, else the global.
-fn query_target_and_sql(config: &Config, db: &str) -> Option<(String, String, String)> {
+/// None without an auth_user: auth_query does not apply to `db`.
+fn target<'a>(config: &'a Config, db: &'a str) -> Option<Target<'a>> {
     let entry = config.databases.get(db).or_else(|| config.databases.get("*"));
-    let auth_user = entry
-        .and_then(|e| e.auth_user.clone())
-        .or_else(|| config.auth_user.clone())
-        .filter(|u| !u.is_empty())?;
-    let query_db = entry
-        .and_then(|e| e.auth_dbname.clone())
-        .or_else(|| config.auth_dbname.clone())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| db.to_owned());
-    let sql = entry
-        .and_then(|e| e.auth_query.clone())
-        .filter(|q| !q.trim().is_empty())
-        .unwrap_or_else(|| config.auth_query.clone());
-    Some((auth_user, query_db, sql))
+    let pick = |own: Option<&'a String>, global: Option<&'a String>| {
+        own.or(global).map(String::as_str).filter(|v| !v.trim().is_empty())
+    };
+    Some(Target {
+        auth_user: pick(entry.and_then(|e| e.auth_user.as_ref()), config.auth_user.as_ref())?,
+        query_db: pick(entry.and_then(|e| e.auth_dbname.as_ref()), config.auth_dbname.as_ref()).unwrap_or(db),
+        sql: pick(entry.and_then(|e| e.auth_query.as_ref()), Some(&config.auth_query)).unwrap_or_default(),
+    })
 }
 
 impl AuthCache {
     /// The newest secret found for `user` logging in to `db`, if auth_query applies.
     pub fn known(&self, config: &Config, db: &str, user: &str) -> Option<Arc<StoredSecret>> {
-        let (_, query_db) = query_target(config, db)?;
-        self.known.get(&(query_db, user.to_owned())).map(|s| Arc::clone(&s))
+        let t = target(config, db)?;
+        self.known
+            .get(&(t.query_db.to_owned(), user.to_owned()))
+            .map(|s| Arc::clone(&s))
     }
 
     /// Drops the login-time answer for `key`: the next login asks PostgreSQL again.
@@ -129,16 +127,21 @@ impl Lookup {
 /// (no auth_user), else the key (to forget it if the login fails) and the answer.
 pub async fn lookup(app: &App, db: &str, user: &str) -> Result<Option<(LookupKey, Answer)>, ClientError> {
     let current = app.current();
-    let Some((auth_user, query_db, sql)) = query_target_and_sql(&current.config, db) else {
+    let Some(Target {
+        auth_user,
+        query_db,
+        sql,
+    }) = target(&current.config, db)
+    else {
         return Ok(None);
     };
-    let key = (query_db.clone(), user.to_owned());
+    let key = (query_db.to_owned(), user.to_owned());
     let ttl = seconds(current.config.auth_query_cache_ttl).unwrap_or(Duration::ZERO);
     let lookup = current.auth_cache.lookup_for(&key, ttl);
     let answer = lookup
         .answer
         .get_or_try_init(|| async {
-            let answer = run(app, &query_db, &auth_user, &sql, user).await?;
+            let answer = run(app, query_db, auth_user, sql, user).await?;
             debug!(user, db = %query_db, found = answer.is_some(), "auth_query answered");
             current.auth_cache.remember(&key, &answer);
             Ok::<_, ClientError>(answer)

@@ -180,13 +180,12 @@ async fn login(
     };
     // auth_file first; users it does not list are looked up with auth_query (not for
     // the console, whose users are Sluice's own).
-    let looked_up = match current.secret(user) {
+    let listed = current.secret(user);
+    let looked_up = match listed {
         None if !admin && method != AuthType::Any => auth::query::lookup(app, db, user).await?,
         _ => None,
     };
-    let secret = current
-        .secret(user)
-        .or_else(|| looked_up.as_ref().and_then(|(_, answer)| answer.as_deref()));
+    let secret = listed.or_else(|| looked_up.as_ref().and_then(|(_, answer)| answer.as_deref()));
     if method == AuthType::Trust && secret.is_none() {
         // PgBouncer's trust still requires the user to be known (auth_file, auth_query).
         return Err(ClientError::password_failed(user));
