@@ -150,6 +150,15 @@ impl ClientLink {
         self.request_time_us.store(at, Ordering::Relaxed);
     }
 
+    /// The client's wait ended without a server (an error, a timeout, a full queue,
+    /// a cancel): it is idle again.
+    pub fn wait_over(&self) {
+        let mut s = self.state.lock();
+        if matches!(s.0, State::Waiting { .. }) {
+            s.0 = State::Idle;
+        }
+    }
+
     /// The client got a server without waiting: one step from idle to linked.
     pub fn link_now(&self, pid: i32, key: i32, target: Arc<ServerTarget>) {
         self.state.lock().0 = State::Linked { pid, key, target };

@@ -267,7 +267,7 @@ mod tests {
         let mut f = ErrorFields::new(Severity::Fatal, "08P01", "query_wait_timeout");
         f.hint = Some("raise the pool size");
         error_response(&mut buf, &f);
-        let h = Header::peek(&buf).unwrap();
+        let h = Header::parse(&buf, u32::MAX).unwrap().unwrap();
         assert_eq!(h.tag, b'E');
         assert_eq!(h.total_len(), buf.len());
         let parsed = parse_error_fields(&buf[5..]);

@@ -5,28 +5,53 @@
 /// Size of a tagged message header.
 pub const HEADER_LEN: usize = 5;
 
-/// A tagged message header.
+/// A tagged message header whose length field is possible: at least 4 (the length
+/// counts itself) and within the limit the reader gave. [`Header::parse`] is the only
+/// way to make one, so no caller can slice a frame shorter than its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub tag: u8,
     /// The length field: body plus the 4 length bytes themselves.
-    pub len: u32,
+    len: u32,
 }
 
+/// The smallest possible length field: the 4 length bytes themselves.
+pub const MIN_LEN: u32 = 4;
+
 impl Header {
-    /// Reads a header from the first 5 bytes of `buf`, if there are that many.
+    /// Reads the header at the front of `buf`: Ok(None) until 5 bytes are there; an
+    /// error for a length field below 4 or above `max_len`.
     #[inline]
-    pub fn peek(buf: &[u8]) -> Option<Header> {
+    pub fn parse(buf: &[u8], max_len: u32) -> Result<Option<Header>, FrameError> {
         if buf.len() < HEADER_LEN {
-            return None;
+            return Ok(None);
         }
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        Some(Header { tag: buf[0], len })
+        let (tag, len) = (buf[0], u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]));
+        if len < MIN_LEN {
+            return Err(FrameError::InvalidLength { tag, len });
+        }
+        if len > max_len {
+            return Err(FrameError::TooLarge { tag, len, max: max_len });
+        }
+        Ok(Some(Header { tag, len }))
+    }
+
+    /// The header of the message at the front of `buf` once all of it is buffered
+    /// (Ok(None) until then); errors as [`Header::parse`].
+    #[inline]
+    pub fn whole(buf: &[u8], max_len: u32) -> Result<Option<Header>, FrameError> {
+        Ok(Header::parse(buf, max_len)?.filter(|h| buf.len() >= h.total_len()))
+    }
+
+    /// The length field: body plus the 4 length bytes themselves.
+    #[inline]
+    pub fn length(&self) -> u32 {
+        self.len
     }
 
     #[inline]
     pub fn body_len(&self) -> usize {
-        self.len as usize - 4
+        (self.len - MIN_LEN) as usize
     }
 
     /// Header plus body.
@@ -36,12 +61,15 @@ impl Header {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("invalid message length {len} for message type '{}'", printable(*tag))]
     InvalidLength { tag: u8, len: u32 },
     #[error("message type '{}' of {len} bytes exceeds the limit of {max} bytes", printable(*tag))]
     TooLarge { tag: u8, len: u32, max: u32 },
+    /// The length was possible but the body is not what its type requires.
+    #[error("malformed message of type '{}'", printable(*tag))]
+    Malformed { tag: u8 },
 }
 
 fn printable(tag: u8) -> char {
@@ -116,6 +144,12 @@ impl Scanner {
         }
     }
 
+    /// The largest length field this scanner accepts.
+    #[inline]
+    pub fn max_len(&self) -> u32 {
+        self.max_len
+    }
+
     /// Bytes at the front of the buffer that may be forwarded.
     #[inline]
     pub fn forwardable(&self) -> usize {
@@ -171,27 +205,14 @@ impl Scanner {
                     break;
                 }
             }
-            let Some(header) = Header::peek(&buf[self.scanned..]) else {
+            // Every header is checked, also the one whose body is awaited: the check
+            // is two compares, and it keeps `Header` valid by construction.
+            let Some(header) = Header::parse(&buf[self.scanned..], self.max_len)? else {
                 break;
             };
             let action = if self.awaiting_body {
                 OnHeader::Decode
             } else {
-                if header.len < 4 {
-                    return Err(FrameError::InvalidLength {
-                        tag: header.tag,
-                        len: header.len,
-                    }
-                    .into());
-                }
-                if header.len > self.max_len {
-                    return Err(FrameError::TooLarge {
-                        tag: header.tag,
-                        len: header.len,
-                        max: self.max_len,
-                    }
-                    .into());
-                }
                 handler.header(header)?
             };
             match action {
@@ -315,6 +336,57 @@ mod tests {
             s.scan(&[b'Z', 0, 0, 0x01, 0], &mut h),
             Err(FrameError::TooLarge { max: 100, .. })
         ));
+    }
+
+    #[test]
+    fn header_refuses_lengths_below_four_and_above_the_limit() {
+        for tag in [b'Z', b'E', b'D', b'Q', b'p', 0, 0xff] {
+            for len in 0u32..4 {
+                let mut buf = vec![tag];
+                buf.extend_from_slice(&len.to_be_bytes());
+                assert_eq!(
+                    Header::parse(&buf, u32::MAX),
+                    Err(FrameError::InvalidLength { tag, len })
+                );
+                assert_eq!(
+                    Header::whole(&buf, u32::MAX),
+                    Err(FrameError::InvalidLength { tag, len })
+                );
+            }
+        }
+        let h = Header::parse(&msg(b'H', b""), 4).unwrap().unwrap();
+        assert_eq!((h.length(), h.body_len(), h.total_len()), (4, 0, 5));
+        assert_eq!(
+            Header::parse(&msg(b'Q', b"SELECT\0"), 10),
+            Err(FrameError::TooLarge {
+                tag: b'Q',
+                len: 11,
+                max: 10
+            })
+        );
+        // Fewer than 5 bytes: no header yet, whatever they say.
+        assert_eq!(Header::parse(&[b'Z', 0, 0, 0], 100), Ok(None));
+    }
+
+    #[test]
+    fn whole_waits_for_the_complete_message() {
+        let m = msg(b'C', b"SELECT 1\0");
+        for cut in 0..m.len() {
+            assert_eq!(Header::whole(&m[..cut], 1000), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(Header::whole(&m, 1000).unwrap().map(|h| h.total_len()), Some(m.len()));
+    }
+
+    #[test]
+    fn scanner_refuses_a_short_length_after_a_passed_body() {
+        // A valid DataRow, then a header whose length field is 2: refused, never sliced.
+        let mut stream = msg(b'D', &[1u8; 20]);
+        stream.extend_from_slice(&[b'Z', 0, 0, 0, 2, b'I']);
+        let mut s = Scanner::new(u32::MAX, 1024);
+        assert_eq!(
+            s.scan(&stream, &mut Rfq::default()),
+            Err(FrameError::InvalidLength { tag: b'Z', len: 2 })
+        );
     }
 
     #[test]

@@ -27,9 +27,12 @@ pub fn expects_ready_for_query(tag: u8) -> bool {
 }
 
 /// True for the extended-protocol messages that open a batch which only a Sync ends.
+/// Flush is not one: it only asks the server to send what it has, creates nothing a
+/// Sync must end, and after a Sync (psycopg ends every pipeline with Sync, Flush) or
+/// with nothing sent it is answered with no bytes at all.
 #[inline]
 pub fn opens_extended_batch(tag: u8) -> bool {
-    matches!(tag, PARSE | BIND | DESCRIBE | EXECUTE | CLOSE | FLUSH)
+    matches!(tag, PARSE | BIND | DESCRIBE | EXECUTE | CLOSE)
 }
 
 /// True for every tag a frontend may send after startup.

@@ -90,14 +90,15 @@ pub async fn serve(app: &App, client: &mut ClientConn, role: Role, link: &Client
     // Extended-protocol messages since the last Sync were already answered with an error.
     let mut batch_failed = false;
     loop {
-        while let Some(h) = Header::peek(&client.buf) {
-            if h.len < 4 || h.len as usize > MAX_QUERY {
-                send(client, &error_bytes(&error("invalid message length"))).await;
-                return "client protocol error";
-            }
-            if client.buf.len() < h.total_len() {
-                break;
-            }
+        loop {
+            let h = match Header::whole(&client.buf, MAX_QUERY as u32) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    send(client, &error_bytes(&error("invalid message length"))).await;
+                    return "client protocol error";
+                }
+            };
             let msg = client.buf.split_to(h.total_len());
             let body = &msg[5..];
             let mut out = BytesMut::new();

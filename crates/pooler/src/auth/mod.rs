@@ -46,15 +46,14 @@ impl Handshake<'_> {
     /// Reads one password-type message ('p') and returns its body.
     async fn read_password_message(&mut self) -> Result<BytesMut, ClientError> {
         loop {
-            if let Some(h) = Header::peek(self.buf) {
+            let header = Header::parse(self.buf, MAX_AUTH_MESSAGE as u32 + 4)
+                .map_err(|_| ClientError::protocol("invalid password packet length"))?;
+            if let Some(h) = header {
                 if h.tag != PASSWORD {
                     return Err(ClientError::protocol(format!(
                         "expected password response, got message type '{}'",
                         h.tag as char
                     )));
-                }
-                if h.len < 4 || h.body_len() > MAX_AUTH_MESSAGE {
-                    return Err(ClientError::protocol("invalid password packet length"));
                 }
                 if self.buf.len() >= h.total_len() {
                     let mut msg = self.buf.split_to(h.total_len());

@@ -107,7 +107,7 @@ async fn settle(server: &mut ServerConn, work: Abandoned) -> Result<(), ()> {
     server.scan.reset();
     match drain.status {
         TxStatus::Idle => Ok(()),
-        _ => server.simple_query("ROLLBACK").await,
+        _ => server.simple_query("ROLLBACK").await.map_err(|_| ()),
     }
 }
 
@@ -132,8 +132,7 @@ impl ScanHandler for Drain {
         if h.tag != READY_FOR_QUERY {
             return Ok(Visit::Continue);
         }
-        self.status =
-            backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
+        self.status = backend::parse_ready_for_query(body).ok_or(FrameError::Malformed { tag: h.tag })?;
         self.owed = self.owed.saturating_sub(1);
         Ok(if self.owed == 0 {
             Visit::StopAfter

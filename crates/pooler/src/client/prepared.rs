@@ -69,7 +69,8 @@ pub fn rewrite(
     saw_parse: &mut dyn FnMut(&[u8]),
 ) -> Result<Step, ClientError> {
     let at = client.scan.scan_point();
-    let Some(h) = Header::peek(&client.buf[at..]) else {
+    let header = Header::parse(&client.buf[at..], client.scan.max_len());
+    let Some(h) = header.map_err(|e| ClientError::protocol(e.to_string()))? else {
         return Ok(Step::Wait);
     };
     let total = h.total_len();
@@ -131,7 +132,7 @@ pub fn rewrite(
             out.clear();
             ensure_prepared(server, st, &stmt, &mut out);
             let old_prefix = 5 + name_end + 1;
-            let new_len = h.len as usize - name.len() + stmt.server_name.len();
+            let new_len = h.length() as usize - name.len() + stmt.server_name.len();
             out.put_u8(BIND);
             out.put_u32(new_len as u32);
             out.put_slice(&client.buf[at + 5..at + 5 + portal_end + 1]);
@@ -283,13 +284,12 @@ pub fn answer_locally(
     let mut at = 0;
     let mut parses: Vec<(String, Bytes)> = Vec::new();
     loop {
-        let Some(h) = Header::peek(&buf[at..]) else {
+        // Past the scan point: these headers were not checked yet.
+        let header = Header::whole(&buf[at..], client.scan.max_len());
+        let Some(h) = header.map_err(|e| ClientError::protocol(e.to_string()))? else {
             return Ok(Local::NeedMore);
         };
         let end = at + h.total_len();
-        if buf.len() < end {
-            return Ok(Local::NeedMore);
-        }
         match h.tag {
             PARSE => {
                 let (name, tail) = split_cstr(&buf[at + 5..end]).ok_or_else(|| malformed("Parse"))?;

@@ -41,10 +41,11 @@ use crate::errors::ClientError;
 use crate::listener::until;
 use crate::params::{self, ParamSet};
 use crate::pool::{sleep_until_opt, AcquireError};
-use crate::server::ServerConn;
+use crate::server::{QueryError, ServerConn};
 use crate::shutdown::Shutdown;
 use crate::stats::{PoolStats, Request};
 use crate::stream::{ReadHalf, WriteHalf};
+use sluice_wire::sqlstate;
 use tokio::sync::watch;
 
 /// Room made before each read.
@@ -359,11 +360,17 @@ impl ScanHandler for ClientSide<'_> {
             }
         }
         // Short statement texts are looked at for SET/RESET; long ones stream through.
-        if matches!(h.tag, frontend::QUERY | frontend::PARSE) && h.len <= MAX_INSPECTED {
+        if matches!(h.tag, frontend::QUERY | frontend::PARSE) && h.length() <= MAX_INSPECTED {
             return Ok(OnHeader::Decode);
         }
         Ok(OnHeader::Pass)
     }
+}
+
+/// The header of the message at the front of the client's buffer (None while fewer
+/// than 5 bytes are there; an impossible length is the scanner's to report).
+fn front(client: &ClientConn) -> Option<Header> {
+    Header::parse(&client.buf, client.scan.max_len()).ok().flatten()
 }
 
 /// Statement texts up to this length are checked for session-state changes.
@@ -425,8 +432,7 @@ impl ScanHandler for ServerSide<'_> {
     #[inline]
     fn message(&mut self, h: Header, body: &[u8]) -> Result<Visit, FrameError> {
         if h.tag == READY_FOR_QUERY {
-            let status =
-                backend::parse_ready_for_query(body).ok_or(FrameError::InvalidLength { tag: h.tag, len: h.len })?;
+            let status = backend::parse_ready_for_query(body).ok_or(FrameError::Malformed { tag: h.tag })?;
             self.tx.ready_for_query(status, self.stats);
             self.in_transaction
                 .store(status != TxStatus::Idle, std::sync::atomic::Ordering::Relaxed);
@@ -577,14 +583,11 @@ fn poll_fill(cx: &mut Context<'_>, rd: &mut ReadHalf, buf: &mut BytesMut) -> Io 
 impl Link<'_> {
     /// Drops the server's answer to Sluice's sync query from the front of the buffer,
     /// keeping the server's parameter values up to date.
-    fn swallow_sync_answers(&mut self) {
+    fn swallow_sync_answers(&mut self) -> Result<(), FrameError> {
         while self.swallow > 0 {
-            let Some(h) = Header::peek(&self.server.buf) else {
-                return;
+            let Some(h) = Header::whole(&self.server.buf, self.server.scan.max_len())? else {
+                return Ok(());
             };
-            if self.server.buf.len() < h.total_len() || h.len < 4 {
-                return;
-            }
             let msg = self.server.buf.split_to(h.total_len());
             match h.tag {
                 backend::PARAMETER_STATUS => {
@@ -601,6 +604,7 @@ impl Link<'_> {
                 _ => {}
             }
         }
+        Ok(())
     }
 
     /// Scans newly read server bytes.
@@ -665,7 +669,9 @@ impl Link<'_> {
                         // Counted as read, so a ReadyForQuery's request includes it.
                         self.tx.sent += n as u64;
                         if self.swallow > 0 {
-                            self.swallow_sync_answers();
+                            if let Err(e) = self.swallow_sync_answers() {
+                                return Poll::Ready(LinkEnd::ServerError(e));
+                            }
                         }
                         if self.swallow > 0 {
                             continue;
@@ -782,7 +788,13 @@ pub async fn run(
                 if let Err(reason) = answer_dropped(client, &mut tx).await {
                     return reason;
                 }
+                if tx.discard.is_none() && !client.buf.is_empty() {
+                    // What the client pipelined behind the dropped request is a new
+                    // one: scan it before waiting for more bytes.
+                    continue;
+                }
             }
+            drop_leading_flushes(client);
             let mut local = prepared::Local::NotThisShape;
             if tx.prepared.stopped && tx.discard.is_none() && client.scan.forwardable() == 0 {
                 let pending = tx.pending_rfq;
@@ -895,6 +907,10 @@ pub async fn run(
                     }
                     Err(_) => {}
                 }
+                if got.is_err() {
+                    // Served no server: SHOW CLIENTS must not go on listing it as waiting.
+                    link.wait_over();
+                }
                 got
             }
         };
@@ -979,19 +995,20 @@ pub async fn run(
                 Ok(TxStatus::InTransaction) => {}
                 outcome => {
                     link.unlink().await;
-                    let answered = matches!(outcome, Ok(_) | Err(Some(_)));
+                    let answered = matches!(outcome, Ok(_) | Err(QueryError::Failed(_)));
                     route.pool.release(server, answered);
-                    let why = match outcome {
-                        Err(Some(e)) => e,
-                        _ => "the server connection failed".to_owned(),
+                    let (code, why) = match outcome {
+                        Ok(_) => (
+                            sqlstate::CONNECTION_FAILURE,
+                            "BEGIN opened no transaction block".to_owned(),
+                        ),
+                        Err(e @ QueryError::Malformed(_)) => (sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                        Err(e) => (sqlstate::CONNECTION_FAILURE, e.to_string()),
                     };
                     tx.discard = Some(
-                        ClientError::fatal(
-                            sluice_wire::sqlstate::CONNECTION_FAILURE,
-                            format!("could not start the transaction on a server: {why}"),
-                        )
-                        .at(Severity::Error)
-                        .hint("the transaction was rolled back; run it again"),
+                        ClientError::fatal(code, format!("could not start the transaction on a server: {why}"))
+                            .at(Severity::Error)
+                            .hint("the transaction was rolled back; run it again"),
                     );
                     if let Err(reason) = answer_dropped(client, &mut tx).await {
                         return reason;
@@ -1090,15 +1107,19 @@ pub async fn run(
                 };
             }
             LinkEnd::ServerGone | LinkEnd::ServerError(_) => {
-                if let LinkEnd::ServerError(e) = &end {
-                    tracing::warn!(server = server.id, error = %e, "server sent a malformed message");
-                }
                 // Deliver what the server did say (often its own FATAL) first.
                 let n = server.scan.forwardable();
                 let _ = client.wr.write_all(&server.buf[..n]).await;
+                let e = match &end {
+                    LinkEnd::ServerError(e) => {
+                        tracing::warn!(server = server.id, error = %e, "server sent a malformed message: closing it");
+                        ClientError::protocol(format!("server sent an invalid message: {e}"))
+                            .hint("the server connection was closed and the transaction is lost; check that the database's host and port reach PostgreSQL itself, then retry")
+                    }
+                    _ => ClientError::fatal(sqlstate::CONNECTION_FAILURE, "server closed the connection unexpectedly")
+                        .hint("the server connection failed in the middle of a transaction; it may have been terminated or restarted. Retry the transaction."),
+                };
                 route.pool.release(server, false);
-                let e = ClientError::fatal(sluice_wire::sqlstate::CONNECTION_FAILURE, "server closed the connection unexpectedly")
-                    .hint("the server connection failed in the middle of a transaction; it may have been terminated or restarted. Retry the transaction.");
                 send_error(client, &e).await;
                 return "server conn crashed?";
             }
@@ -1192,8 +1213,8 @@ fn wait_notice(route: &Route) -> ClientError {
 /// application_name and user (see [`crate::overload`]). Also notes a lone SET whose
 /// outcome Sluice does not know yet, to learn it.
 fn classify(route: &Route, client: &ClientConn, tx: &mut TxTracker, user: &str) -> crate::pool::Ticket {
-    let (tag, body) = match Header::peek(&client.buf) {
-        Some(h) if client.buf.len() >= 5 => {
+    let (tag, body) = match front(client) {
+        Some(h) => {
             let end = h
                 .total_len()
                 .min(client.buf.len())
@@ -1221,7 +1242,7 @@ fn classify(route: &Route, client: &ClientConn, tx: &mut TxTracker, user: &str) 
         && !deferred
         && tx.status == TxStatus::Idle
         && client.scan.forwardable() == client.buf.len()
-        && Header::peek(&client.buf).is_some_and(|h| h.total_len() == client.buf.len())
+        && front(client).is_some_and(|h| h.total_len() == client.buf.len())
         && crate::overload::statement::is_lone_set(sql)
     {
         tx.learning_set = Some(SetLearning {
@@ -1259,7 +1280,7 @@ fn classify(route: &Route, client: &ClientConn, tx: &mut TxTracker, user: &str) 
 async fn answer_without_server(client: &mut ClientConn, tx: &mut TxTracker, route: &Route) -> Result<bool, Reason> {
     use crate::overload::statement;
     if tx.local_tx == LocalTx::Failed {
-        let ends = match Header::peek(&client.buf) {
+        let ends = match front(client) {
             Some(h) if h.tag == frontend::QUERY && client.scan.forwardable() >= h.total_len() => {
                 statement::ends_block(cstr(&client.buf[5..h.total_len()])).is_some()
             }
@@ -1277,7 +1298,7 @@ async fn answer_without_server(client: &mut ClientConn, tx: &mut TxTracker, rout
             return Ok(true);
         }
     }
-    let Some(h) = Header::peek(&client.buf) else {
+    let Some(h) = front(client) else {
         return Ok(false);
     };
     if h.tag != frontend::QUERY || client.scan.forwardable() < h.total_len() || tx.pending_rfq == 0 {
@@ -1329,6 +1350,21 @@ async fn answer_without_server(client: &mut ClientConn, tx: &mut TxTracker, rout
     }
     client.wr.write_all(&out).await.map_err(|_| "client unexpected eof")?;
     Ok(true)
+}
+
+/// Drops Flush messages at the front of an idle client's buffer. Nothing the client
+/// sent before them is outstanding (its server was released at a ReadyForQuery that
+/// answered everything), so PostgreSQL would answer them with no bytes: they need no
+/// server, and linking one for them would keep it until the client's next Sync.
+fn drop_leading_flushes(client: &mut ClientConn) {
+    while let Some(h) = front(client) {
+        if h.tag != frontend::FLUSH || h.total_len() > client.scan.forwardable() {
+            return;
+        }
+        let n = h.total_len();
+        client.buf.advance(n);
+        client.scan.consumed(n);
+    }
 }
 
 /// What a client that wants a new transaction is told during a shutdown.
@@ -1437,6 +1473,10 @@ async fn answer_dropped(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(
     }
     debug!(requests = tx.pending_rfq, "requests dropped");
     tx.pending_rfq = 0;
+    // A statement message that waited to be rewritten for a server belongs to the
+    // dropped request: the scan goes on through it, dropping it with the rest up to
+    // the request's Sync (else the request would never be answered).
+    tx.prepared.stopped = false;
     tx.session.forget_pending();
     if !tx.in_batch && client.scan.at_boundary() {
         tx.discard = None;
@@ -1445,72 +1485,6 @@ async fn answer_dropped(client: &mut ClientConn, tx: &mut TxTracker) -> Result<(
         return Ok(());
     }
     client.wr.write_all(&out).await.map_err(|_| "client unexpected eof")
-}
-
-impl ServerConn {
-    /// Runs one simple query and discards its result; used for resets. Fails if the
-    /// server reports an error or does not end idle.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ()> {
-        // A reset may change settings PostgreSQL does not report: sync the next client.
-        self.synced_for = 0;
-        if sql.to_ascii_lowercase().contains("discard all") {
-            self.statements.clear();
-        }
-        match self.run_queries(&[sql]).await {
-            Ok(TxStatus::Idle) => Ok(()),
-            _ => Err(()),
-        }
-    }
-
-    /// Runs simple queries in one round trip and discards their results (keeping the
-    /// server's reported settings up to date). Returns the transaction status after
-    /// the last; Err(Some(text)) for the first error the server reported, Err(None)
-    /// when the connection failed.
-    pub async fn run_queries(&mut self, queries: &[&str]) -> Result<TxStatus, Option<String>> {
-        let mut out = BytesMut::new();
-        for sql in queries {
-            frontend::build::query(sql, &mut out).map_err(|e| Some(e.to_string()))?;
-        }
-        self.wr.write_all(&out).await.map_err(|_| None)?;
-        let mut failed: Option<String> = None;
-        let mut owed = queries.len();
-        loop {
-            while let Some(h) = Header::peek(&self.buf) {
-                if self.buf.len() < h.total_len() {
-                    break;
-                }
-                let msg = self.buf.split_to(h.total_len());
-                match h.tag {
-                    backend::ERROR_RESPONSE if failed.is_none() => {
-                        let e = backend::parse_error_fields(&msg[5..]);
-                        failed = Some(format!("{} ({})", e.message, e.code));
-                    }
-                    backend::PARAMETER_STATUS => {
-                        if let Some((name, value)) = backend::parse_parameter_status(&msg[5..]) {
-                            self.params.set(name, value);
-                        }
-                    }
-                    READY_FOR_QUERY => {
-                        owed -= 1;
-                        if owed == 0 {
-                            let status = backend::parse_ready_for_query(&msg[5..]).ok_or(None)?;
-                            return match failed {
-                                Some(e) => Err(Some(e)),
-                                None => Ok(status),
-                            };
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if self.buf.len() > MAX_BUFFERED {
-                return Err(None);
-            }
-            if self.rd.read_buf(&mut self.buf).await.map_err(|_| None)? == 0 {
-                return Err(None);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+mod query;
+pub use query::QueryError;
+
 use crate::auth::LearnedKeys;
 use crate::params::ParamSet;
 use crate::stream::{tune_tcp, Endpoints, ReadHalf, Stream, WriteHalf};
@@ -166,14 +169,24 @@ pub fn unix_micros(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes a server from its pool's registry when the connection is dropped, however
-/// that happens.
-pub struct Registration(pub Box<dyn FnOnce() + Send + Sync>);
+/// Tells the server's pool that the connection is gone, however that happened: it
+/// leaves the pool's registry (SHOW SERVERS), and a connection dropped while lent to
+/// a client (a session task that failed without releasing it) gives its slot back,
+/// so no failure can shrink the pool for good.
+pub struct Registration(pub Box<dyn FnOnce(Option<crate::pool::Hold>) + Send + Sync>);
 
-impl Drop for Registration {
+impl ServerConn {
+    /// Called once, from Drop: `hold` is Some when it was still lent out.
+    fn deregister(&mut self) {
+        if let Some(Registration(f)) = self.registration.take() {
+            f(self.hold.take());
+        }
+    }
+}
+
+impl Drop for ServerConn {
     fn drop(&mut self) {
-        let f = std::mem::replace(&mut self.0, Box::new(|| {}));
-        f();
+        self.deregister();
     }
 }
 

@@ -37,6 +37,9 @@ pub const MAX_CONNECTING: usize = 4;
 /// How often a failing pool retries a login in the background.
 pub const RETRY_TICK: Duration = Duration::from_millis(500);
 
+#[cfg(test)]
+mod tests;
+
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -225,14 +228,19 @@ impl State {
 
     /// Undoes [`State::lend`]; returns the hold.
     fn unlend(&mut self, conn: &mut ServerConn) -> Option<Hold> {
+        let hold = conn.hold.take();
+        self.give_back(hold.as_ref());
+        hold
+    }
+
+    /// One server less is lent out (for `hold`'s lane).
+    fn give_back(&mut self, hold: Option<&Hold>) {
         self.active = self.active.saturating_sub(1);
-        let hold = conn.hold.take()?;
-        if hold.lanes_gen == self.lanes_gen {
+        if let Some(hold) = hold.filter(|h| h.lanes_gen == self.lanes_gen) {
             if let Some(h) = self.holders.get_mut(hold.ticket.lane) {
                 *h = h.saturating_sub(1);
             }
         }
-        Some(hold)
     }
 
     /// Waiters per lane.
@@ -676,12 +684,31 @@ impl Pool {
         }
         self.servers.lock().insert(id, Arc::clone(&conn.meta));
         let pool = Arc::downgrade(self);
-        conn.registration = Some(Registration(Box::new(move || {
+        conn.registration = Some(Registration(Box::new(move |lent| {
             if let Some(pool) = pool.upgrade() {
                 pool.servers.lock().remove(&id);
+                if let Some(hold) = lent {
+                    pool.lost_while_lent(hold);
+                }
             }
         })));
         Ok(conn)
+    }
+
+    /// A lent server was dropped without [`Pool::release`] (its session failed): its
+    /// slot and its lane's count come back, and the queue is served. Runs from a
+    /// Drop, maybe under this pool's lock, so the accounting is done in a task.
+    fn lost_while_lent(self: Arc<Self>, hold: Hold) {
+        warn!(db = %self.db, user = %self.user, "a server was dropped while lent to a client: its slot is returned");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut s = self.state.lock();
+            s.give_back(Some(&hold));
+            self.serve_idle(&mut s);
+            self.spawn_connects(&mut s);
+        });
     }
 
     /// Closes one idle server (to make room under a shared db/user limit).
@@ -1037,12 +1064,24 @@ impl Pool {
     /// background every [`RETRY_TICK`] (or `server_login_retry` if shorter), so
     /// service resumes as soon as PostgreSQL accepts logins again. PgBouncer instead
     /// waits `server_login_retry` (15 s) before trying again.
+    ///
+    /// Clients still queued get logins too: a login that failed while other servers
+    /// were up (busy with long transactions, or dying one by one in a restart) left
+    /// them in the queue, and no release may come for a long time. Every waiter ends
+    /// served or with an error; none is left with nothing under way for it.
     pub fn retry_failed_login(self: &Arc<Self>) {
         let mut s = self.state.lock();
+        if s.paused {
+            return;
+        }
+        if !s.waiters.is_empty() {
+            // Starts only what the queue needs beyond the logins in flight.
+            self.spawn_connects(&mut s);
+        }
         let Some(retry) = s.settings.login_retry else { return };
         // Sluice does not make clients wait out the whole server_login_retry.
         let every = retry.min(RETRY_TICK);
-        if s.failing_since.is_none() || s.connecting > 0 || s.paused {
+        if s.failing_since.is_none() || s.connecting > 0 {
             return;
         }
         let now = Instant::now();
