@@ -1,13 +1,16 @@
 //! Real drivers through Sluice in transaction mode, prepared statements included:
 //! asyncpg (statement cache), SQLAlchemy async on asyncpg, Django 4.2 with psycopg
-//! server-side binding, node-postgres named queries. Versions are pinned in
-//! tests/drivers/requirements.txt and tests/drivers/node/package-lock.json; .ci/run
-//! installs them.
+//! server-side binding, psycopg 3 pipelines and executemany, psycopg clients through a
+//! PostgreSQL restart, node-postgres named queries, pgJDBC (server-side prepared
+//! statements, batches, cancel). Versions are pinned in tests/drivers/requirements.txt
+//! and tests/drivers/node/package-lock.json; pgJDBC is Debian's
+//! libpostgresql-jdbc-java. scripts/test.sh installs them all.
 
 mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use support::*;
@@ -24,21 +27,29 @@ fn venv_python() -> Result<PathBuf> {
     ));
     anyhow::ensure!(
         p.exists(),
-        "no driver virtualenv at {}: run .ci/run, or python3 -m venv target/drivers-venv && target/drivers-venv/bin/pip install -r tests/drivers/requirements.txt",
+        "no driver virtualenv at {}: run scripts/test.sh once (it installs what the tests need)",
         p.display()
     );
     Ok(p)
 }
 
-/// Runs a driver script to completion (on a blocking thread); it prints "ok".
-async fn run(mut cmd: Command) -> Result<()> {
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+/// Runs a driver script to completion; it prints "ok". One that hangs (a client
+/// stuck waiting for a server) is killed after 2 minutes and fails.
+async fn run(cmd: Command) -> Result<()> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let limit = Duration::from_secs(120);
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| anyhow::anyhow!("the driver script did not finish within {limit:?}"))??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(
         out.status.success() && stdout.trim_end().ends_with("ok"),
         "{stdout}\n{stderr}"
     );
+    // Figures the script reports (shown with --no-capture).
+    print!("{stdout}");
     Ok(())
 }
 
@@ -91,7 +102,7 @@ async fn node_postgres_named_queries() -> Result<()> {
     let node_dir = drivers_dir().join("node");
     anyhow::ensure!(
         node_dir.join("node_modules/pg").exists(),
-        "node-postgres is not installed: npm ci --prefix tests/drivers/node (.ci/run does)"
+        "node-postgres is not installed: run scripts/test.sh once (it installs what the tests need)"
     );
     let mut cmd = Command::new("node");
     cmd.current_dir(&node_dir)
@@ -99,4 +110,129 @@ async fn node_postgres_named_queries() -> Result<()> {
         .arg(format!("postgresql://{u}:{p}@127.0.0.1:{}/app", s.port))
         .args(["20", "20"]);
     run(cmd).await.context("node-postgres")
+}
+
+/// An admin user for SHOW POOLS / SHOW CLIENTS from the driver scripts.
+fn admin_dsn(s: &Sluice) -> String {
+    let (u, p) = MD5_USER;
+    format!("host=127.0.0.1 port={} user={u} password={p} dbname=pgbouncer", s.port)
+}
+
+/// psycopg 3.2 ends every pipeline (and executemany) with Sync, then Flush: the
+/// server must go back to the pool at the Sync's ReadyForQuery all the same. 20
+/// clients keep their connections open on a pool of 2; with a server kept per
+/// pipeline, 18 of them would wait out query_wait_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_pipelines_and_executemany_release_their_server() -> Result<()> {
+    let pg = postgres()?;
+    let settings = format!(
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 2\nquery_wait_timeout = 10\nadmin_users = \"{}\"",
+        MD5_USER.0
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let (u, p) = PLAIN_USER;
+    let mut cmd = Command::new(venv_python()?);
+    cmd.arg(drivers_dir().join("psycopg_pipelines.py"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user={u} password={p} dbname=app",
+            s.port
+        ))
+        .arg(admin_dsn(&s))
+        .args(["20", "5"]);
+    run(cmd).await?;
+    assert!(backends(&pg, u, "app")? <= 2);
+    Ok(())
+}
+
+/// How PostgreSQL goes away in [`psycopg_clients_through_a_restart`].
+#[derive(Clone, Copy)]
+enum Outage {
+    /// `pg_ctl restart -m immediate`.
+    Immediate,
+    /// SIGKILL of the postmaster, then a start.
+    Kill,
+}
+
+/// 20 psycopg clients on a pool of 8 loop through transactions while PostgreSQL
+/// restarts; each reconnects when its connection breaks. Within 2 s of PostgreSQL
+/// accepting connections again every client commits again, and SHOW CLIENTS lists no
+/// client waiting longer than that (the script asserts both).
+async fn psycopg_clients_through_a_restart(outage: Outage) -> Result<()> {
+    let pg = postgres()?;
+    let settings = format!(
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 8\nadmin_users = \"{}\"",
+        MD5_USER.0
+    );
+    let s = Sluice::start(&pg, &settings, "")?;
+    let (u, p) = PLAIN_USER;
+    let marker = s.dir.path().join("postgres-back");
+    let mut cmd = Command::new(venv_python()?);
+    cmd.arg(drivers_dir().join("psycopg_restart.py"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user={u} password={p} dbname=app",
+            s.port
+        ))
+        .arg(admin_dsn(&s))
+        .args(["20", "12"])
+        .arg(&marker);
+    let script = tokio::spawn(run(cmd));
+    // Load runs for a while before the outage.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        match outage {
+            Outage::Immediate => pg.restart_immediate(),
+            Outage::Kill => pg.kill_and_start(),
+        }
+        .map(|_| pg)
+    })
+    .await??;
+    let back = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    std::fs::write(&marker, format!("{:.3}", back.as_secs_f64()))?;
+    script.await?.with_context(|| s.log())?;
+    drop(pg);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_clients_recover_from_an_immediate_restart() -> Result<()> {
+    psycopg_clients_through_a_restart(Outage::Immediate).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_clients_recover_from_a_killed_postmaster() -> Result<()> {
+    psycopg_clients_through_a_restart(Outage::Kill).await
+}
+
+/// pgJDBC (Debian's libpostgresql-jdbc-java): named server-side prepared statements
+/// after prepareThreshold executions, executeBatch in a transaction, 20 threads on a
+/// pool of 2 with connections held open, and Statement.cancel() ending a pg_sleep(10)
+/// within 1 s. The program is compiled with the JDK's javac; no Maven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_prepared_statements_batches_and_cancel() -> Result<()> {
+    let jar = PathBuf::from("/usr/share/java/postgresql.jar");
+    anyhow::ensure!(
+        jar.exists(),
+        "pgJDBC is not installed: run scripts/test.sh once (it installs libpostgresql-jdbc-java and a JDK)"
+    );
+    let classes = tempfile::tempdir()?;
+    let javac = Command::new("javac")
+        .arg("-d")
+        .arg(classes.path())
+        .arg(drivers_dir().join("java/PgJdbcClients.java"))
+        .output()
+        .context("javac (default-jdk-headless)")?;
+    anyhow::ensure!(javac.status.success(), "{}", String::from_utf8_lossy(&javac.stderr));
+    let pg = postgres()?;
+    let s = Sluice::start(&pg, settings(), "")?;
+    let (u, p) = PLAIN_USER;
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp")
+        .arg(format!("{}:{}", jar.display(), classes.path().display()))
+        .arg("PgJdbcClients")
+        .arg(format!("jdbc:postgresql://127.0.0.1:{}/app", s.port))
+        .args([u, p, "20", "200"]);
+    run(cmd).await.context("pgJDBC")?;
+    assert!(backends(&pg, u, "app")? <= 2);
+    Ok(())
 }

@@ -232,3 +232,323 @@ async fn unsupported_startup_parameters_are_refused_unless_ignored() -> Result<(
     assert_eq!(tag, b'R');
     Ok(())
 }
+
+/// One extended-protocol query: Parse (unnamed unless `name`), Bind, Describe, Execute.
+fn extended(out: &mut BytesMut, name: &str, sql: &str) {
+    message(out, b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    message(out, b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+    message(out, b'D', b"P\0");
+    message(out, b'E', b"\0\0\0\0\0");
+}
+
+const SYNC: (u8, &[u8]) = (b'S', b"");
+const FLUSH: (u8, &[u8]) = (b'H', b"");
+
+/// Reads messages until `n` ReadyForQuery have come; returns their status bytes.
+async fn ready_for_query(s: &mut TcpStream, n: usize) -> Result<Vec<u8>> {
+    let mut statuses = Vec::new();
+    while statuses.len() < n {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(5), read_message(s)).await??;
+        match tag {
+            b'Z' => statuses.push(body[0]),
+            b'E' => bail!("error: {}", error_field(&body, b'M')),
+            _ => {}
+        }
+    }
+    Ok(statuses)
+}
+
+/// PostgreSQL's semantics for every mix of Sync and Flush: the server goes back to
+/// the pool at the ReadyForQuery 'I' that answers the client's last outstanding
+/// request, whatever Flushes came before or after (psycopg ends each pipeline with
+/// Sync, Flush), and a Flush with nothing outstanding takes no server at all. With a
+/// pool of one server, another client gets it after each sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mix_of_sync_and_flush_releases_the_server() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        &format!(
+            "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 3\nadmin_users = \"{}\"",
+            MD5_USER.0
+        ),
+        "",
+    )?;
+    let other = connect(&s.url(TRUST_USER.0, TRUST_USER.1, "app")).await?;
+    let the_server_is_free = |what: &'static str| {
+        let other = &other;
+        async move {
+            let r = tokio::time::timeout(Duration::from_secs(2), other.query_one("SELECT 1", &[])).await;
+            assert!(matches!(r, Ok(Ok(_))), "{what}: the server was not released");
+        }
+    };
+    let mut c = raw_login(s.port).await?;
+    let send = |parts: Vec<(u8, &'static [u8])>, queries: Vec<&'static str>| {
+        let mut out = BytesMut::new();
+        for q in queries {
+            extended(&mut out, "", q);
+        }
+        for (tag, body) in parts {
+            message(&mut out, tag, body);
+        }
+        out
+    };
+
+    // psycopg's pipeline end: Sync, then Flush.
+    c.write_all(&send(vec![SYNC, FLUSH], vec!["SELECT 1", "SELECT 2"]))
+        .await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
+    the_server_is_free("Sync, Flush").await;
+
+    // Flush first (results before the Sync), then Sync on its own.
+    c.write_all(&send(vec![FLUSH], vec!["SELECT 3"])).await?;
+    loop {
+        if tokio::time::timeout(Duration::from_secs(5), read_message(&mut c))
+            .await??
+            .0
+            == b'C'
+        {
+            break;
+        }
+    }
+    let mut out = BytesMut::new();
+    message(&mut out, SYNC.0, SYNC.1);
+    c.write_all(&out).await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
+    the_server_is_free("Flush, then Sync").await;
+
+    // Two requests in one write, flushes around them.
+    let mut out = BytesMut::new();
+    message(&mut out, FLUSH.0, FLUSH.1);
+    extended(&mut out, "", "SELECT 4");
+    message(&mut out, FLUSH.0, FLUSH.1);
+    message(&mut out, SYNC.0, SYNC.1);
+    extended(&mut out, "", "SELECT 5");
+    message(&mut out, SYNC.0, SYNC.1);
+    message(&mut out, FLUSH.0, FLUSH.1);
+    message(&mut out, FLUSH.0, FLUSH.1);
+    c.write_all(&out).await?;
+    assert_eq!(ready_for_query(&mut c, 2).await?, b"II");
+    the_server_is_free("Flush, request, Flush, Sync, request, Sync, Flush, Flush").await;
+
+    // A Flush alone, with nothing outstanding: no answer, and no server taken.
+    let mut out = BytesMut::new();
+    message(&mut out, FLUSH.0, FLUSH.1);
+    c.write_all(&out).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    the_server_is_free("a lone Flush").await;
+
+    // A simple Query followed by a Flush.
+    let mut out = BytesMut::new();
+    message(&mut out, b'Q', b"SELECT 6\0");
+    message(&mut out, FLUSH.0, FLUSH.1);
+    c.write_all(&out).await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
+    the_server_is_free("Query, Flush").await;
+
+    // Inside a transaction block the server stays, Flush or not, until it ends.
+    let mut out = BytesMut::new();
+    message(&mut out, b'Q', b"BEGIN\0");
+    extended(&mut out, "", "SELECT 7");
+    message(&mut out, SYNC.0, SYNC.1);
+    message(&mut out, FLUSH.0, FLUSH.1);
+    c.write_all(&out).await?;
+    assert_eq!(ready_for_query(&mut c, 2).await?, b"TT");
+    let held = tokio::time::timeout(Duration::from_millis(500), other.query_one("SELECT 1", &[])).await;
+    assert!(held.is_err(), "the transaction's server was given away");
+    let mut out = BytesMut::new();
+    message(&mut out, b'Q', b"COMMIT\0");
+    message(&mut out, FLUSH.0, FLUSH.1);
+    c.write_all(&out).await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
+    the_server_is_free("COMMIT, Flush").await;
+
+    let admin = connect(&s.url(MD5_USER.0, MD5_USER.1, "pgbouncer")).await?;
+    let rows = admin.simple_query("SHOW POOLS").await?;
+    for row in rows.iter().filter_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    }) {
+        if row.get("database") == Some("app") {
+            assert_eq!(row.get("sv_active"), Some("0"), "SHOW POOLS after the sequences");
+        }
+    }
+    Ok(())
+}
+
+/// A request whose first message is a named Parse waits for a server before it is
+/// rewritten. When no server can be had (PostgreSQL is down), the whole request is
+/// answered with the error and ReadyForQuery, like any other: the client is told,
+/// never left waiting (psycopg prepares statements after 5 executions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_statement_request_gets_its_error_when_no_server_can_log_in() -> Result<()> {
+    let mut pg = postgres()?;
+    let s = Sluice::start(
+        &pg,
+        "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 2",
+        "",
+    )?;
+    let mut c = raw_login(s.port).await?;
+    pg.stop();
+    for round in 0..3 {
+        let mut out = BytesMut::new();
+        extended(&mut out, &format!("s{round}"), "SELECT 1");
+        message(&mut out, SYNC.0, SYNC.1);
+        // A second request in the same pipeline is answered too.
+        extended(&mut out, "", "SELECT 2");
+        message(&mut out, SYNC.0, SYNC.1);
+        c.write_all(&out).await?;
+        let mut errors = Vec::new();
+        let mut statuses = Vec::new();
+        while statuses.len() < 2 {
+            let (tag, body) = tokio::time::timeout(Duration::from_secs(5), read_message(&mut c))
+                .await
+                .map_err(|_| anyhow::anyhow!("round {round}: no answer; errors so far {errors:?}\n{}", s.log()))??;
+            match tag {
+                b'E' => errors.push(error_field(&body, b'C')),
+                b'Z' => statuses.push(body[0]),
+                _ => {}
+            }
+        }
+        assert_eq!(errors.len(), 2, "round {round}: {errors:?}");
+        assert!(errors.iter().all(|c| c.starts_with("08")), "round {round}: {errors:?}");
+    }
+    Ok(())
+}
+
+/// A named Parse followed by a message whose length field is 0, while the client
+/// has no server: refused with 08P01 (the headers behind a stopped Parse are checked
+/// like every other), never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_length_behind_a_named_parse_is_a_protocol_error() -> Result<()> {
+    let pg = postgres()?;
+    let s = Sluice::start(&pg, "auth_type = \"trust\"\npool_mode = \"transaction\"", "")?;
+    let mut c = raw_login(s.port).await?;
+    let mut out = BytesMut::new();
+    message(&mut out, b'P', b"stmt\0SELECT 1\0\0\0");
+    out.extend_from_slice(b"P\0\0\0\0");
+    c.write_all(&out).await?;
+    let got = read_until_closed(&mut c, Duration::from_secs(2)).await?;
+    assert_eq!(got.first(), Some(&b'E'), "an ErrorResponse before closing");
+    assert_eq!(error_field(&got[5..], b'C'), "08P01");
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+    Ok(())
+}
+
+/// Not PostgreSQL: something behind the database's port that logs anyone in and then
+/// answers a query that mentions `bad_frame`, and a plain `BEGIN`, with a
+/// ReadyForQuery whose length field is 0. Everything else gets CommandComplete and
+/// ReadyForQuery. (No PostgreSQL sends that; a broken proxy in between, or another
+/// program on a misconfigured port, can.)
+async fn broken_server() -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(len) = sock.read_u32().await else { return };
+                let mut startup = vec![0; len.saturating_sub(4) as usize];
+                if sock.read_exact(&mut startup).await.is_err() {
+                    return;
+                }
+                let mut out = BytesMut::new();
+                message(&mut out, b'R', &0u32.to_be_bytes());
+                message(&mut out, b'K', &[0, 0, 0, 42, 0, 0, 0, 7]);
+                message(&mut out, b'Z', b"I");
+                if sock.write_all(&out).await.is_err() {
+                    return;
+                }
+                while let Ok((tag, body)) = read_message(&mut sock).await {
+                    let mut out = BytesMut::new();
+                    match tag {
+                        b'Q' => {
+                            let sql = String::from_utf8_lossy(&body);
+                            if sql.contains("bad_frame") || sql.trim_end_matches('\0') == "BEGIN" {
+                                out.extend_from_slice(b"Z\0\0\0\0");
+                            } else {
+                                message(&mut out, b'C', b"SELECT 1\0");
+                                message(&mut out, b'Z', b"I");
+                            }
+                        }
+                        b'X' => return,
+                        _ => {}
+                    }
+                    if sock.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// A server message whose length field is below 4, on both paths that read server
+/// bytes: while linked (the byte pump) and while Sluice runs its own query (the
+/// deferred BEGIN). The session does not panic: the client gets 08P01, the server
+/// connection is closed with a logged protocol error, and its pool slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_frame_with_an_impossible_length_is_a_protocol_error_not_a_panic() -> Result<()> {
+    let pg = postgres()?;
+    let broken = broken_server().await?;
+    let s = Sluice::start(
+        &pg,
+        &format!(
+            "auth_type = \"trust\"\npool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 3\nadmin_users = \"{}\"",
+            MD5_USER.0
+        ),
+        &format!("[databases.broken]\nhost = \"127.0.0.1\"\nport = {broken}\n"),
+    )?;
+    let query = |sql: &str| {
+        let mut out = BytesMut::new();
+        message(&mut out, b'Q', format!("{sql}\0").as_bytes());
+        out
+    };
+
+    // Linked: the byte pump refuses the frame; the client hears 08P01 and is closed.
+    let (mut c, _) = raw_login_to(s.port, "broken").await?;
+    c.write_all(&query("SELECT bad_frame")).await?;
+    let got = read_until_closed(&mut c, Duration::from_secs(2)).await?;
+    assert_eq!(got.first(), Some(&b'E'), "an ErrorResponse before closing");
+    assert_eq!(error_field(&got[5..], b'C'), "08P01");
+    assert!(
+        error_field(&got[5..], b'M').contains("invalid message length 0"),
+        "{}",
+        error_field(&got[5..], b'M')
+    );
+
+    // Sluice's own query (the deferred BEGIN of a transaction block): the request
+    // fails with 08P01, the client stays and can go on.
+    let (mut c, _) = raw_login_to(s.port, "broken").await?;
+    c.write_all(&query("BEGIN")).await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"T");
+    c.write_all(&query("SELECT 1")).await?;
+    let mut codes = Vec::new();
+    loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(2), read_message(&mut c)).await??;
+        match tag {
+            b'E' => codes.push(error_field(&body, b'C')),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(codes, ["08P01"]);
+    c.write_all(&query("ROLLBACK")).await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
+    // The one slot of the pool came back both times: a new server serves this client.
+    c.write_all(&query("SELECT 1")).await?;
+    assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
+
+    let admin = connect(&s.url(MD5_USER.0, MD5_USER.1, "pgbouncer")).await?;
+    for m in admin.simple_query("SHOW POOLS").await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            if row.get("database") == Some("broken") {
+                assert_eq!(row.get("sv_active"), Some("0"));
+            }
+        }
+    }
+    let log = s.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("malformed message"), "the protocol error is logged: {log}");
+    Ok(())
+}

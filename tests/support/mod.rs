@@ -304,8 +304,14 @@ pub async fn raw_login(port: u16) -> Result<AsyncTcpStream> {
 
 /// Like [`raw_login`], also returning the cancel key (pid, key) Sluice gave.
 pub async fn raw_login_keyed(port: u16) -> Result<(AsyncTcpStream, (i32, i32))> {
+    raw_login_to(port, "app").await
+}
+
+/// Logs in as trust_user to database `db` on a raw socket; returns the socket and
+/// the cancel key (pid, key) Sluice gave.
+pub async fn raw_login_to(port: u16, db: &str) -> Result<(AsyncTcpStream, (i32, i32))> {
     let mut s = AsyncTcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(&startup_packet(3 << 16, &[("user", TRUST_USER.0), ("database", "app")]))
+    s.write_all(&startup_packet(3 << 16, &[("user", TRUST_USER.0), ("database", db)]))
         .await?;
     let mut key = (0, 0);
     loop {

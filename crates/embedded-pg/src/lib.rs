@@ -254,6 +254,36 @@ impl EmbeddedPg {
         self.spawn()
     }
 
+    /// `pg_ctl restart -m immediate`: the postmaster is told to quit at once (SIGQUIT),
+    /// every backend dies without cleanup, and the next start runs crash recovery.
+    pub fn restart_immediate(&mut self) -> Result<()> {
+        self.signal_and_reap(Signal::SIGQUIT)?;
+        self.spawn()
+    }
+
+    /// SIGKILL of the postmaster, then a start on the same port. Its orphaned backends
+    /// notice the postmaster's death and exit; until they have, the new postmaster
+    /// refuses to start (shared memory still in use), so the start is retried.
+    pub fn kill_and_start(&mut self) -> Result<()> {
+        self.signal_and_reap(Signal::SIGKILL)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Sends `signal` to the postmaster and waits for it to exit.
+    fn signal_and_reap(&mut self, signal: Signal) -> Result<()> {
+        let mut child = self.child.take().context("postgres is not running")?;
+        kill(Pid::from_raw(child.id() as i32), signal).context("cannot signal postgres")?;
+        child.wait().context("cannot wait for postgres")?;
+        Ok(())
+    }
+
     /// Fast shutdown: rolls back open transactions and disconnects everyone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
