@@ -194,19 +194,30 @@ pub(super) async fn acquire_watching(
     }
 }
 
-/// Gets a server for the request at the front of the client's buffer: at once if one
-/// is idle, else by waiting in the pool's queue. Ok(None) when the request was
-/// answered with an error instead (the client stays); Err when the client leaves.
-pub(super) async fn get_server(
-    client: &mut ClientConn,
+/// What a request can have right now, without waiting.
+#[allow(clippy::large_enum_variant)] // Moved once per request; boxing would allocate.
+pub(super) enum Now {
+    /// An idle server, already linked to the client (the common case).
+    Server(ServerConn),
+    /// None is free for its lane: it must wait in the queue with this ticket.
+    Wait(crate::pool::Ticket),
+    /// The pooler stops starting transactions.
+    ShuttingDown,
+}
+
+/// Classifies the request at the front of the client's buffer and takes an idle
+/// server if its lane may have one now. Synchronous, so that the common case builds
+/// no future (a future is moved into the session's state on every call). Also
+/// returns the client-side timeouts of the request's lane.
+pub(super) fn take_now(
+    client: &ClientConn,
     tx: &mut TxTracker,
     ctx: &Ctx<'_>,
     shutdown: &mut watch::Receiver<Shutdown>,
-) -> Result<Option<(ServerConn, Timeouts)>, Reason> {
+) -> (Now, Timeouts) {
     // has_changed is an atomic read; the state is only looked at once it moved.
     if shutdown.has_changed().unwrap_or(true) && shutdown.borrow().stops_transactions() {
-        send_error(client, &shutting_down()).await;
-        return Err("pooler shutdown");
+        return (Now::ShuttingDown, ctx.base_timeouts);
     }
     let ticket = if ctx.protect {
         classify(ctx.route, client, tx, &ctx.client_user)
@@ -214,48 +225,57 @@ pub(super) async fn get_server(
         crate::pool::Ticket::default()
     };
     let timeouts = ctx.route.pool.settings().lanes.timeouts(ticket.lane, ctx.base_timeouts);
-    let got = match ctx.route.pool.try_acquire(ticket) {
+    match ctx.route.pool.try_acquire(ticket) {
         Some(server) => {
             ctx.link
                 .link_now(server.backend_pid, server.backend_key, Arc::clone(&server.target));
             ctx.link.linked_to(&server.meta);
             ctx.route.pool.stats.assigned(Duration::ZERO);
-            Ok(server)
+            (Now::Server(server), timeouts)
         }
-        None => {
-            ctx.link.waiting();
-            let since = Instant::now();
-            let got = acquire_watching(client, tx, ctx.route, ctx.link, shutdown, ticket).await;
-            match &got {
-                Ok(server) => {
-                    ctx.link.linked_to(&server.meta);
-                    ctx.route.pool.stats.assigned(since.elapsed());
-                    ctx.route.pool.lane_waited(ticket.lane, since.elapsed());
-                }
-                Err(Waited::Pool(e)) => {
-                    let metric = match e {
-                        AcquireError::QueueFull(_) => Some("sluice_lane_queue_full_total"),
-                        AcquireError::WaitTimeout(_) => Some("sluice_lane_wait_timeouts_total"),
-                        AcquireError::Connect(_) => None,
-                    };
-                    if let Some(metric) = metric {
-                        ctx.route.pool.lane_count(ticket.lane, metric);
-                    }
-                    ctx.route
-                        .pool
-                        .stats
-                        .wait_timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(_) => {}
-            }
-            if got.is_err() {
-                // Served no server: SHOW CLIENTS must not go on listing it as waiting.
-                ctx.link.wait_over();
-            }
-            got
+        None => (Now::Wait(ticket), timeouts),
+    }
+}
+
+/// Waits in the pool's queue for a server for `ticket`. Ok(None) when the request
+/// was answered with an error instead (the client stays); Err when the client leaves.
+pub(super) async fn wait_for_server(
+    client: &mut ClientConn,
+    tx: &mut TxTracker,
+    ctx: &Ctx<'_>,
+    shutdown: &mut watch::Receiver<Shutdown>,
+    ticket: crate::pool::Ticket,
+) -> Result<Option<ServerConn>, Reason> {
+    ctx.link.waiting();
+    let since = Instant::now();
+    let got = acquire_watching(client, tx, ctx.route, ctx.link, shutdown, ticket).await;
+    match &got {
+        Ok(server) => {
+            ctx.link.linked_to(&server.meta);
+            ctx.route.pool.stats.assigned(since.elapsed());
+            ctx.route.pool.lane_waited(ticket.lane, since.elapsed());
         }
-    };
+        Err(Waited::Pool(e)) => {
+            let metric = match e {
+                AcquireError::QueueFull(_) => Some("sluice_lane_queue_full_total"),
+                AcquireError::WaitTimeout(_) => Some("sluice_lane_wait_timeouts_total"),
+                AcquireError::Connect(_) => None,
+            };
+            if let Some(metric) = metric {
+                ctx.route.pool.lane_count(ticket.lane, metric);
+            }
+            ctx.route
+                .pool
+                .stats
+                .wait_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(_) => {}
+    }
+    if got.is_err() {
+        // Served no server: SHOW CLIENTS must not go on listing it as waiting.
+        ctx.link.wait_over();
+    }
     let server = match got {
         Ok(s) => s,
         Err(Waited::Cancelled) => {
@@ -310,5 +330,5 @@ pub(super) async fn get_server(
             return Err("query_wait_timeout");
         }
     };
-    Ok(Some((server, timeouts)))
+    Ok(Some(server))
 }

@@ -14,18 +14,25 @@ use super::Reason;
 use crate::app::Route;
 use crate::errors::ClientError;
 
+/// What [`answer_without_server`] found for the request at the front of the buffer.
+pub(super) enum Local {
+    /// It needs a server.
+    NeedsServer,
+    /// It was answered: write these bytes to the client.
+    Answered(BytesMut),
+    /// It is refused (inside a failed block): `tx.discard` says why, and
+    /// [`answer_dropped`] answers it.
+    Dropped,
+}
+
 /// Overload protection answers some requests without a server, so that they never
 /// queue: `BEGIN` (the block then opens on the server that its first real statement
 /// gets, and is classified by that statement), `COMMIT`/`ROLLBACK` of a block that
 /// never needed a server, and a lone `SET` whose outcome (the ParameterStatus values
 /// PostgreSQL sent) Sluice saw for the same text and the same settings before; the
-/// setting is recorded for the client and applied on its next server. Returns true
-/// when the request at the front of the buffer was answered.
-pub(super) async fn answer_without_server(
-    client: &mut ClientConn,
-    tx: &mut TxTracker,
-    route: &Route,
-) -> Result<bool, Reason> {
+/// setting is recorded for the client and applied on its next server. Synchronous:
+/// it runs for every request and most need a server, so no future is built for it.
+pub(super) fn answer_without_server(client: &mut ClientConn, tx: &mut TxTracker, route: &Route) -> Local {
     use crate::overload::statement;
     if tx.local_tx == LocalTx::Failed {
         let ends = match front(client) {
@@ -42,15 +49,14 @@ pub(super) async fn answer_without_server(
                 )
                 .at(Severity::Error),
             );
-            answer_dropped(client, tx).await?;
-            return Ok(true);
+            return Local::Dropped;
         }
     }
     let Some(h) = front(client) else {
-        return Ok(false);
+        return Local::NeedsServer;
     };
     if h.tag != frontend::QUERY || client.scan.forwardable() < h.total_len() || tx.pending_rfq == 0 {
-        return Ok(false);
+        return Local::NeedsServer;
     }
     let n = h.total_len();
     let sql = cstr(&client.buf[5..n]);
@@ -62,7 +68,7 @@ pub(super) async fn answer_without_server(
                 (TxStatus::InTransaction, LocalTx::Begun(sql.to_vec()))
             } else if statement::is_lone_set(sql) {
                 let Some(reported) = route.pool.known_set(&(tx.session.fingerprint, sql.to_vec())) else {
-                    return Ok(false);
+                    return Local::NeedsServer;
                 };
                 for (name, value) in reported.iter() {
                     backend::parameter_status(&mut out, name, value);
@@ -71,7 +77,7 @@ pub(super) async fn answer_without_server(
                 backend::command_complete(&mut out, "SET");
                 (TxStatus::Idle, LocalTx::None)
             } else {
-                return Ok(false);
+                return Local::NeedsServer;
             }
         }
         LocalTx::Begun(_) | LocalTx::Failed => match statement::ends_block(sql) {
@@ -84,9 +90,9 @@ pub(super) async fn answer_without_server(
                 backend::command_complete(&mut out, tag);
                 (TxStatus::Idle, LocalTx::None)
             }
-            None => return Ok(false),
+            None => return Local::NeedsServer,
         },
-        LocalTx::None => return Ok(false),
+        LocalTx::None => return Local::NeedsServer,
     };
     backend::ready_for_query(&mut out, status);
     client.buf.advance(n);
@@ -96,8 +102,7 @@ pub(super) async fn answer_without_server(
     if tx.session.has_pending() {
         tx.session.ready_for_query(status);
     }
-    client.wr.write_all(&out).await.map_err(|_| "client unexpected eof")?;
-    Ok(true)
+    Local::Answered(out)
 }
 
 /// Drops Flush messages at the front of an idle client's buffer. Nothing the client

@@ -26,12 +26,16 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::state::SessionState;
-use super::ClientConn;
+use super::{send_error, ClientConn};
 use crate::app::Route;
 use crate::cancel::ClientLink;
 use crate::config::PoolMode;
 use crate::shutdown::Shutdown;
-use pump::{far_future, Link};
+use acquire::{shutting_down, Now};
+use idle::Next;
+use local::answer_dropped;
+use pump::{far_future, Link, LinkEnd};
+use tokio::io::AsyncWriteExt;
 use track::TxTracker;
 
 /// Room made before each read.
@@ -83,19 +87,55 @@ pub async fn run(
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(far_future()));
     tokio::pin!(timer);
     loop {
-        if let Err(reason) = idle::wait_for_request(client, &mut tx, &ctx).await {
-            return reason;
+        // Idle until a request needs a server.
+        loop {
+            match idle::next(client, &mut tx, &ctx) {
+                Next::Request => break,
+                Next::Read => {
+                    if let Err(reason) = idle::read(client, &tx, &ctx).await {
+                        return reason;
+                    }
+                }
+                Next::Write(out) => {
+                    if client.wr.write_all(&out).await.is_err() {
+                        return "client unexpected eof";
+                    }
+                }
+                Next::AnswerDropped => {
+                    if let Err(reason) = answer_dropped(client, &mut tx).await {
+                        return reason;
+                    }
+                }
+                Next::Leave(error, reason) => {
+                    if let Some(e) = error {
+                        send_error(client, &e).await;
+                    }
+                    return reason;
+                }
+            }
         }
-        let (server, timeouts) = match acquire::get_server(client, &mut tx, &ctx, &mut shutdown).await {
-            Ok(Some(got)) => got,
-            Ok(None) => continue,
-            Err(reason) => return reason,
+        let (now, timeouts) = acquire::take_now(client, &mut tx, &ctx, &mut shutdown);
+        let server = match now {
+            Now::Server(server) => server,
+            Now::Wait(ticket) => match acquire::wait_for_server(client, &mut tx, &ctx, &mut shutdown, ticket).await {
+                Ok(Some(server)) => server,
+                Ok(None) => continue,
+                Err(reason) => return reason,
+            },
+            Now::ShuttingDown => {
+                send_error(client, &shutting_down()).await;
+                return "pooler shutdown";
+            }
         };
         debug!(server = server.id, "linked");
-        let (mut server, swallow) = match sync::bring_in_line(client, &mut tx, &ctx, server).await {
-            Ok(Some(ready)) => ready,
-            Ok(None) => continue,
-            Err(reason) => return reason,
+        let (mut server, swallow) = if sync::needed(&tx, &server) {
+            match sync::bring_in_line(client, &mut tx, &ctx, server).await {
+                Ok(Some(ready)) => ready,
+                Ok(None) => continue,
+                Err(reason) => return reason,
+            }
+        } else {
+            (server, 0)
         };
         let (end, swallow) = {
             let mut pump = Link {
@@ -116,8 +156,14 @@ pub async fn run(
             (end, pump.swallow)
         };
         link.unlink().await;
-        if let Err(reason) = release::after_link(client, &mut tx, &ctx, server, end, swallow).await {
-            return reason;
+        let server = match end {
+            LinkEnd::Release => release::release_now(&mut tx, &ctx, server),
+            _ => Some(server),
+        };
+        if let Some(server) = server {
+            if let Err(reason) = release::after_link(client, &mut tx, &ctx, server, end, swallow).await {
+                return reason;
+            }
         }
     }
 }

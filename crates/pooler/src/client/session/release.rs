@@ -66,6 +66,24 @@ pub(in crate::client) async fn finish_server(
     route.pool.release(server, ok);
 }
 
+/// The transaction is done and its server needs no reset (the common case): it
+/// goes back to the pool here, synchronously, so that no future is built for it.
+/// Returns the server when it needs a reset first ([`after_link`] does it).
+pub(super) fn release_now(tx: &mut TxTracker, ctx: &Ctx<'_>, server: ServerConn) -> Option<ServerConn> {
+    let settings = ctx.route.pool.settings();
+    if tx.session.dirty || ctx.reset_always || server.statements.len() > settings.max_prepared {
+        return Some(server);
+    }
+    if let Some(l) = tx.learning_set.take() {
+        if tx.status == TxStatus::Idle {
+            ctx.route.pool.remember_set(l.key, l.reported);
+        }
+    }
+    tx.prepared.tracker.reset();
+    ctx.route.pool.release(server, true);
+    None
+}
+
 /// After the link: when the transaction is done the server goes back to the pool
 /// (reset as needed); when the client or the server is gone, or a timeout fired, the
 /// server is recovered or closed and the client leaves (Err).

@@ -14,6 +14,18 @@ use crate::client::{send_error, ClientConn};
 use crate::errors::ClientError;
 use crate::server::{QueryError, ServerConn};
 
+/// Whether anything must happen before the client's bytes reach `server` (the
+/// common case, a server last used with the same settings, needs nothing: it is
+/// checked here so that it costs no call and no move of the server).
+#[inline]
+pub(super) fn needed(tx: &TxTracker, server: &ServerConn) -> bool {
+    server.synced_for != tx.session.fingerprint
+        || !tx.session.sets.is_empty()
+        || matches!(tx.local_tx, LocalTx::Begun(_))
+        || tx.prepared.stopped
+        || tx.prepared.clear_requested
+}
+
 /// Brings `server` in line with the client. Returns it with the number of
 /// ReadyForQuery of Sluice's own sync query the pump must swallow; Ok(None) when the
 /// request was answered with an error instead (the client stays).
