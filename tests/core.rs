@@ -337,6 +337,37 @@ async fn pgbouncer_ini_and_userlist_started_with_daemon_flag() -> Result<()> {
     Ok(())
 }
 
+/// `-d` when the listen port is taken: the launcher exits non-zero (it waits until
+/// the background process listens), the logfile says why, and no process or
+/// pidfile stays behind. (PgBouncer: `cannot listen on ...`, exit 1.)
+#[test]
+fn daemon_that_cannot_listen_says_so_and_exits_non_zero() -> Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("userlist.txt"), userlist())?;
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\napp = host=127.0.0.1 port=1\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir = {d}\nauth_type = md5\nauth_file = {d}/userlist.txt\n\
+             logfile = {d}/sluice.log\npidfile = {d}/sluice.pid\n"
+        ),
+    )?;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(sluice_bin()).arg("-d").arg(&ini).output()?;
+    assert!(!out.status.success(), "the launcher must fail: {out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("logfile"), "{out:?}");
+    let log = std::fs::read_to_string(dir.path().join("sluice.log"))?;
+    assert!(log.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{log}");
+    assert!(!dir.path().join("sluice.pid").exists(), "no pidfile stays behind");
+    drop(taken);
+    Ok(())
+}
+
 #[test]
 fn unknown_config_keys_fail_with_file_and_line() -> Result<()> {
     let dir = tempfile::tempdir()?;

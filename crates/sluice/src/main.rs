@@ -1,5 +1,6 @@
 //! `sluice [OPTIONS] [CONFIG]`: PgBouncer's command line, plus `--check` and `--demo`.
 
+mod daemon;
 mod demo;
 mod healthcheck;
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sluice_pooler::config::{self, Loaded};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// A PostgreSQL connection pooler, drop-in for PgBouncer.
 #[derive(Parser, Debug)]
@@ -110,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let user = cli.user.clone().or_else(|| loaded.config.user.clone());
+    let mut started = daemon::Started::foreground();
     if cli.daemon {
         let Some(pidfile) = &loaded.config.pidfile else {
             bail!("-d needs pidfile set in {}", path.display());
@@ -122,7 +124,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         check_pidfile(Path::new(pidfile))?;
         // Fork before any thread exists (the runtime starts after this).
-        nix::unistd::daemon(true, false).context("cannot daemonize")?;
+        started = daemon::start()?;
     }
     if let Some(u) = &user {
         switch_user(u)?;
@@ -142,14 +144,20 @@ fn run(cli: Cli) -> Result<()> {
     for w in &loaded.warnings {
         warn!("{w}");
     }
-    let result = serve(loaded.clone());
+    let result = serve(loaded.clone(), &mut started);
+    if let Err(e) = &result {
+        // In the background stderr goes nowhere: the logfile must say why.
+        if cli.daemon {
+            error!("{e:#}");
+        }
+    }
     if let Some(pidfile) = &loaded.config.pidfile {
         let _ = std::fs::remove_file(pidfile);
     }
     result
 }
 
-fn serve(loaded: Loaded) -> Result<()> {
+fn serve(loaded: Loaded, started: &mut daemon::Started) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice")
@@ -157,6 +165,7 @@ fn serve(loaded: Loaded) -> Result<()> {
     runtime.block_on(async move {
         let app = sluice_pooler::start(&loaded).await?;
         info!(config = %loaded.path.display(), version = env!("CARGO_PKG_VERSION"), "sluice started");
+        started.confirm();
         sluice_pooler::shutdown::run_until_shutdown(&app).await?;
         remove_unix_socket(&loaded.config);
         Ok(())
