@@ -567,6 +567,13 @@ fn build(raw: RawConfig, path: &Path, env: &[(String, String)], env_only: bool) 
         config.databases.insert(name.clone(), entry.clone());
         sources.insert(format!("databases.{name}"), from.clone());
     }
+    // PgBouncer: an empty `pidfile =` or `logfile =` means none (its test suite and
+    // some packaged configs write them so).
+    for file in [&mut config.pidfile, &mut config.logfile] {
+        if file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            *file = None;
+        }
+    }
     validate(&config, path)?;
     let lanes = lanes::build(&config).map_err(|message| ConfigError::File {
         file: path.to_path_buf(),

@@ -162,3 +162,25 @@ fn bad_lanes_are_errors_naming_the_problem() {
         assert!(e.contains(expect), "{text}: {e}");
     }
 }
+
+#[test]
+fn empty_pidfile_and_logfile_mean_none_as_in_pgbouncer() {
+    let dir = tmpdir();
+    let ini = write(
+        &dir,
+        "pgbouncer.ini",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\npidfile =\nlogfile = \n",
+    );
+    let loaded = load_env(&ini, &[]).unwrap();
+    assert_eq!(loaded.config.pidfile, None);
+    assert_eq!(loaded.config.logfile, None);
+    let ini = write(
+        &dir,
+        "set.ini",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\npidfile = /tmp/x.pid\n",
+    );
+    assert_eq!(
+        load_env(&ini, &[]).unwrap().config.pidfile.as_deref(),
+        Some("/tmp/x.pid")
+    );
+}
