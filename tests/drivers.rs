@@ -112,6 +112,15 @@ async fn node_postgres_named_queries() -> Result<()> {
     run(cmd).await.context("node-postgres")
 }
 
+/// Transaction mode with md5 logins, a pool of `size`, md5_user as admin (for the
+/// scripts' SHOW POOLS / SHOW CLIENTS), and `extra` settings.
+fn with_admin(size: usize, extra: &str) -> String {
+    format!(
+        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = {size}\nadmin_users = \"{}\"\n{extra}",
+        MD5_USER.0
+    )
+}
+
 /// An admin user for SHOW POOLS / SHOW CLIENTS from the driver scripts.
 fn admin_dsn(s: &Sluice) -> String {
     let (u, p) = MD5_USER;
@@ -125,11 +134,7 @@ fn admin_dsn(s: &Sluice) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_pipelines_and_executemany_release_their_server() -> Result<()> {
     let pg = postgres()?;
-    let settings = format!(
-        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 2\nquery_wait_timeout = 10\nadmin_users = \"{}\"",
-        MD5_USER.0
-    );
-    let s = Sluice::start(&pg, &settings, "")?;
+    let s = Sluice::start(&pg, &with_admin(2, "query_wait_timeout = 10"), "")?;
     let (u, p) = PLAIN_USER;
     let mut cmd = Command::new(venv_python()?);
     cmd.arg(drivers_dir().join("psycopg_pipelines.py"))
@@ -159,11 +164,7 @@ enum Outage {
 /// client waiting longer than that (the script asserts both).
 async fn psycopg_clients_through_a_restart(outage: Outage) -> Result<()> {
     let pg = postgres()?;
-    let settings = format!(
-        "auth_type = \"md5\"\npool_mode = \"transaction\"\ndefault_pool_size = 8\nadmin_users = \"{}\"",
-        MD5_USER.0
-    );
-    let s = Sluice::start(&pg, &settings, "")?;
+    let s = Sluice::start(&pg, &with_admin(8, ""), "")?;
     let (u, p) = PLAIN_USER;
     let marker = s.dir.path().join("postgres-back");
     let mut cmd = Command::new(venv_python()?);

@@ -241,8 +241,30 @@ fn extended(out: &mut BytesMut, name: &str, sql: &str) {
     message(out, b'E', b"\0\0\0\0\0");
 }
 
-const SYNC: (u8, &[u8]) = (b'S', b"");
-const FLUSH: (u8, &[u8]) = (b'H', b"");
+/// One step of a raw request sequence.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    /// Parse (unnamed), Bind, Describe, Execute of this SQL.
+    Extended(&'a str),
+    /// A simple Query.
+    Query(&'a str),
+    Sync,
+    Flush,
+}
+
+/// The bytes of `steps`, in order.
+fn wire(steps: &[Step<'_>]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for step in steps {
+        match *step {
+            Step::Extended(sql) => extended(&mut out, "", sql),
+            Step::Query(sql) => message(&mut out, b'Q', format!("{sql}\0").as_bytes()),
+            Step::Sync => message(&mut out, b'S', b""),
+            Step::Flush => message(&mut out, b'H', b""),
+        }
+    }
+    out
+}
 
 /// Reads messages until `n` ReadyForQuery have come; returns their status bytes.
 async fn ready_for_query(s: &mut TcpStream, n: usize) -> Result<Vec<u8>> {
@@ -283,25 +305,16 @@ async fn every_mix_of_sync_and_flush_releases_the_server() -> Result<()> {
         }
     };
     let mut c = raw_login(s.port).await?;
-    let send = |parts: Vec<(u8, &'static [u8])>, queries: Vec<&'static str>| {
-        let mut out = BytesMut::new();
-        for q in queries {
-            extended(&mut out, "", q);
-        }
-        for (tag, body) in parts {
-            message(&mut out, tag, body);
-        }
-        out
-    };
+    use Step::*;
 
     // psycopg's pipeline end: Sync, then Flush.
-    c.write_all(&send(vec![SYNC, FLUSH], vec!["SELECT 1", "SELECT 2"]))
+    c.write_all(&wire(&[Extended("SELECT 1"), Extended("SELECT 2"), Sync, Flush]))
         .await?;
     assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
     the_server_is_free("Sync, Flush").await;
 
     // Flush first (results before the Sync), then Sync on its own.
-    c.write_all(&send(vec![FLUSH], vec!["SELECT 3"])).await?;
+    c.write_all(&wire(&[Extended("SELECT 3"), Flush])).await?;
     loop {
         if tokio::time::timeout(Duration::from_secs(5), read_message(&mut c))
             .await??
@@ -311,55 +324,42 @@ async fn every_mix_of_sync_and_flush_releases_the_server() -> Result<()> {
             break;
         }
     }
-    let mut out = BytesMut::new();
-    message(&mut out, SYNC.0, SYNC.1);
-    c.write_all(&out).await?;
+    c.write_all(&wire(&[Sync])).await?;
     assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
     the_server_is_free("Flush, then Sync").await;
 
     // Two requests in one write, flushes around them.
-    let mut out = BytesMut::new();
-    message(&mut out, FLUSH.0, FLUSH.1);
-    extended(&mut out, "", "SELECT 4");
-    message(&mut out, FLUSH.0, FLUSH.1);
-    message(&mut out, SYNC.0, SYNC.1);
-    extended(&mut out, "", "SELECT 5");
-    message(&mut out, SYNC.0, SYNC.1);
-    message(&mut out, FLUSH.0, FLUSH.1);
-    message(&mut out, FLUSH.0, FLUSH.1);
-    c.write_all(&out).await?;
+    let steps = [
+        Flush,
+        Extended("SELECT 4"),
+        Flush,
+        Sync,
+        Extended("SELECT 5"),
+        Sync,
+        Flush,
+        Flush,
+    ];
+    c.write_all(&wire(&steps)).await?;
     assert_eq!(ready_for_query(&mut c, 2).await?, b"II");
     the_server_is_free("Flush, request, Flush, Sync, request, Sync, Flush, Flush").await;
 
     // A Flush alone, with nothing outstanding: no answer, and no server taken.
-    let mut out = BytesMut::new();
-    message(&mut out, FLUSH.0, FLUSH.1);
-    c.write_all(&out).await?;
+    c.write_all(&wire(&[Flush])).await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     the_server_is_free("a lone Flush").await;
 
     // A simple Query followed by a Flush.
-    let mut out = BytesMut::new();
-    message(&mut out, b'Q', b"SELECT 6\0");
-    message(&mut out, FLUSH.0, FLUSH.1);
-    c.write_all(&out).await?;
+    c.write_all(&wire(&[Query("SELECT 6"), Flush])).await?;
     assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
     the_server_is_free("Query, Flush").await;
 
     // Inside a transaction block the server stays, Flush or not, until it ends.
-    let mut out = BytesMut::new();
-    message(&mut out, b'Q', b"BEGIN\0");
-    extended(&mut out, "", "SELECT 7");
-    message(&mut out, SYNC.0, SYNC.1);
-    message(&mut out, FLUSH.0, FLUSH.1);
-    c.write_all(&out).await?;
+    c.write_all(&wire(&[Query("BEGIN"), Extended("SELECT 7"), Sync, Flush]))
+        .await?;
     assert_eq!(ready_for_query(&mut c, 2).await?, b"TT");
     let held = tokio::time::timeout(Duration::from_millis(500), other.query_one("SELECT 1", &[])).await;
     assert!(held.is_err(), "the transaction's server was given away");
-    let mut out = BytesMut::new();
-    message(&mut out, b'Q', b"COMMIT\0");
-    message(&mut out, FLUSH.0, FLUSH.1);
-    c.write_all(&out).await?;
+    c.write_all(&wire(&[Query("COMMIT"), Flush])).await?;
     assert_eq!(ready_for_query(&mut c, 1).await?, b"I");
     the_server_is_free("COMMIT, Flush").await;
 
@@ -407,10 +407,8 @@ async fn a_named_statement_request_gets_its_error_when_no_server_can_log_in() ->
     for round in 0..3 {
         let mut out = BytesMut::new();
         extended(&mut out, &format!("s{round}"), "SELECT 1");
-        message(&mut out, SYNC.0, SYNC.1);
         // A second request in the same pipeline is answered too.
-        extended(&mut out, "", "SELECT 2");
-        message(&mut out, SYNC.0, SYNC.1);
+        out.extend_from_slice(&wire(&[Step::Sync, Step::Extended("SELECT 2"), Step::Sync]));
         c.write_all(&out).await?;
         let mut errors = Vec::new();
         let mut statuses = Vec::new();
@@ -513,11 +511,7 @@ async fn a_server_frame_with_an_impossible_length_is_a_protocol_error_not_a_pani
         ),
         &format!("[databases.broken]\nhost = \"127.0.0.1\"\nport = {broken}\n"),
     )?;
-    let query = |sql: &str| {
-        let mut out = BytesMut::new();
-        message(&mut out, b'Q', format!("{sql}\0").as_bytes());
-        out
-    };
+    let query = |sql: &str| wire(&[Step::Query(sql)]);
 
     // Linked: the byte pump refuses the frame; the client hears 08P01 and is closed.
     let (mut c, _) = raw_login_to(s.port, "broken").await?;
